@@ -53,7 +53,6 @@ class Mamba2Mixer(nn.Module):
 
     def _conv(self, xbc: torch.Tensor, state: MambaState | None) -> torch.Tensor:
         """Causal depthwise conv over time. xbc (b, l, c) -> (b, l, c); updates state.conv."""
-        b, l, _ = xbc.shape
         k = self.cfg.conv_kernel
         xt = xbc.transpose(1, 2)  # (b, c, l)
         if state is None:

@@ -1,0 +1,172 @@
+"""The `chimera` command: one subcommand per job, each with its own --help."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from chimera.config import ConfigError, parse_cli
+
+
+@dataclass
+class GenerateArgs:
+    """Generate text from a checkpoint directory (HF NemotronH format, e.g. runs/<run>/model)."""
+
+    checkpoint: Annotated[str, tyro.conf.Positional]
+    """Checkpoint directory with config.json and safetensors."""
+    prompt: str = "12+34="
+    """The user's message (with --chat) or raw text (with --no-chat)."""
+    chat: bool = True
+    """Wrap the prompt in the chat template and stop at <eos>."""
+    thinking: bool = True
+    """With --chat: let the model think inside <think>...</think> first."""
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    """0 means greedy."""
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    show_special: bool = False
+    """Print special tokens such as <think> in the output."""
+
+
+@dataclass
+class ModelsArgs:
+    """List the named model sizes with their total and active parameter counts (built on the meta device)."""
+
+    name: str = ""
+    """Show one size in full (its HF config.json)."""
+
+
+@dataclass
+class ReportArgs:
+    """Plot a run's metrics to PNGs and print the last value of each metric."""
+
+    run_dir: Annotated[str, tyro.conf.Positional]
+    """A folder under runs/."""
+
+
+def cmd_train_lm(argv: list[str]) -> int:
+    from chimera.train.lm import TrainLMConfig, train
+
+    cfg, flags = parse_cli(
+        TrainLMConfig, argv, prog="chimera train-lm",
+        description=("Train a hybrid Mamba/attention/MoE language model on synthetic reasoning tasks. "
+                     "--preset PATH loads a JSON preset (configs/); later flags override it. "
+                     "--resume RUN_DIR continues a run from its latest checkpoint with its saved config."),
+        preset_flags=("--preset", "--resume"))
+    train(cfg, resume=flags.get("--resume"))
+    return 0
+
+
+def cmd_generate(argv: list[str]) -> int:
+    import torch
+
+    from chimera.generate import SamplingConfig, generate
+    from chimera.models import HybridLM
+    from chimera.tokenizer import ByteTokenizer, Message
+
+    args = tyro.cli(GenerateArgs, args=argv, prog="chimera generate")
+    model = HybridLM.from_pretrained(args.checkpoint)
+    tok = ByteTokenizer()
+    if model.config.vocab_size < tok.vocab_size:
+        raise ConfigError(f"{args.checkpoint} has vocab_size={model.config.vocab_size}, smaller than the byte "
+                          f"tokenizer's {tok.vocab_size}; it was not trained with chimera's tokenizer")
+    if args.chat:
+        text = tok.apply_chat_template([Message("user", args.prompt)], enable_thinking=args.thinking)
+    else:
+        text = args.prompt
+    torch.manual_seed(args.seed)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, stop_tokens=(tok.eos_id,) if args.chat else (), seed=args.seed)
+    out = generate(model, [tok.encode(text)], sampling, pad_id=tok.pad_id)[0]
+    prefix = "<think>" if args.chat and args.thinking and args.show_special else ""
+    print(prefix + tok.decode(out, skip_special=not args.show_special))
+    return 0
+
+
+def cmd_models(argv: list[str]) -> int:
+    import json
+
+    from chimera.models.config import SIZES, count_parameters, get_config
+
+    args = tyro.cli(ModelsArgs, args=argv, prog="chimera models")
+    if args.name:
+        print(json.dumps(get_config(args.name).to_hf_dict(), indent=2, sort_keys=True))
+        return 0
+    print(f"{'name':<26}{'layers':>7}{'attn %':>8}{'total':>12}{'active':>12}  pattern")
+    for name in SIZES:
+        cfg = get_config(name)
+        n = count_parameters(cfg)
+        pat = cfg.pattern if len(cfg.pattern) <= 40 else cfg.pattern[:37] + "..."
+        print(f"{name:<26}{cfg.num_layers:>7}{100 * n['attention_fraction']:>7.1f}%"
+              f"{_human(n['total']):>12}{_human(n['active']):>12}  {pat}")
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from chimera.runs import plot_metrics, read_metrics
+
+    args = tyro.cli(ReportArgs, args=argv, prog="chimera report")
+    run = Path(args.run_dir)
+    rows = read_metrics(run / "metrics.jsonl")
+    if not rows:
+        raise ConfigError(f"{run / 'metrics.jsonl'} is missing or empty; is {run} a run directory?")
+    last: dict[str, tuple[int, float]] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k not in ("step", "time"):
+                last[k] = (int(r["step"]), v)
+    for k in sorted(last):
+        print(f"{k:<40} {last[k][1]:>12.4f}  (step {last[k][0]})")
+    for p in plot_metrics(run / "metrics.jsonl", run / "plots"):
+        print(f"wrote {p}")
+    return 0
+
+
+def _human(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+COMMANDS = {
+    "train-lm": (cmd_train_lm, "train a hybrid LM on synthetic reasoning tasks (presets in configs/)"),
+    "generate": (cmd_generate, "generate text from a checkpoint directory, with or without thinking"),
+    "models": (cmd_models, "list named model sizes and their parameter counts"),
+    "report": (cmd_report, "plot a run's metrics and print their last values"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: chimera COMMAND [ARGS...]", "",
+             "Hybrid Mamba-Transformer MoE models (HF NemotronH), training and inference at laptop scale.", "",
+             "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "Run `chimera COMMAND --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"chimera: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[name][0](rest)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"chimera {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Token batches for LM training from synthetic tasks: chat-formatted SFT examples with loss on the
+assistant turn only, or packed pretraining sequences separated by <eos>. Every batch is a pure
+function of (seed, step, micro-step), so a resumed run sees exactly the data it would have seen."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+
+from chimera.data.synthetic import Example, make_task, sample_split
+from chimera.tokenizer import ByteTokenizer, Message
+
+IGNORE = -100
+
+
+def chat_tokens(tok: ByteTokenizer, ex: Example, thinking: bool = True) -> tuple[list[int], int]:
+    """The chat-formatted example and the index where the assistant's answer (the loss) starts."""
+    prompt = tok.apply_chat_template([Message("user", ex.prompt)], add_generation_prompt=True,
+                                     enable_thinking=thinking)
+    completion = (ex.thinking + "</think>" if thinking else "") + ex.answer + "<eos>"
+    p = tok.encode(prompt)
+    return p + tok.encode(completion), len(p)
+
+
+def prompt_tokens(tok: ByteTokenizer, prompt: str, thinking: bool = True) -> list[int]:
+    return tok.encode(tok.apply_chat_template([Message("user", prompt)], enable_thinking=thinking))
+
+
+def parse_answer(text: str) -> str:
+    """The answer after </think>, up to <eos>."""
+    text = text.split("</think>", 1)[-1]
+    return text.split("<eos>", 1)[0].strip()
+
+
+class TaskBatcher:
+    """Deterministic batches over a mix of synthetic tasks."""
+
+    def __init__(self, tasks: Sequence[str], seq_len: int, batch_size: int, seed: int,
+                 mode: str = "sft", thinking: bool = True):
+        if mode not in ("sft", "pretrain"):
+            raise ValueError(f"mode={mode!r} (expected 'sft' or 'pretrain')")
+        self.tok = ByteTokenizer()
+        self.tasks = [make_task(t) for t in tasks]
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.mode, self.thinking = mode, thinking
+
+    def _rng(self, step: int, micro: int, split: int = 0) -> random.Random:
+        return random.Random(f"{self.seed}/{split}/{step}/{micro}")
+
+    def batch(self, step: int, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs (b, T) and targets (b, T) with IGNORE where no loss applies."""
+        rng = self._rng(step, micro)
+        T = self.seq_len
+        x = torch.full((self.batch_size, T), self.tok.pad_id, dtype=torch.long)
+        y = torch.full((self.batch_size, T), IGNORE, dtype=torch.long)
+        for i in range(self.batch_size):
+            if self.mode == "sft":
+                ex = sample_split(rng.choice(self.tasks), rng, held_out=False)
+                ids, start = chat_tokens(self.tok, ex, self.thinking)
+                if len(ids) > T + 1:
+                    raise ValueError(f"an example of task {ex.prompt!r} needs {len(ids) - 1} tokens; "
+                                     f"raise data.seq_len above {T}")
+                n = len(ids) - 1
+                x[i, :n] = torch.tensor(ids[:-1])
+                tgt = torch.tensor(ids[1:])
+                tgt[: start - 1] = IGNORE
+                y[i, :n] = tgt
+            else:
+                stream: list[int] = []
+                while len(stream) < T + 1:
+                    ex = sample_split(rng.choice(self.tasks), rng, held_out=False)
+                    stream += chat_tokens(self.tok, ex, self.thinking)[0]
+                x[i] = torch.tensor(stream[:T])
+                y[i] = torch.tensor(stream[1:T + 1])
+        return x, y
+
+    def held_out(self, n: int) -> list[tuple[str, Example]]:
+        """n held-out (task name, example) pairs, the same for every call."""
+        rng = random.Random(f"{self.seed}/held-out")
+        out = []
+        for i in range(n):
+            task = self.tasks[i % len(self.tasks)]
+            out.append((task.name, sample_split(task, rng, held_out=True)))
+        return out

@@ -1,0 +1,102 @@
+"""Cached generation: chunked prefill, then one token per step; greedy or sampled (temperature,
+top-k, top-p), stop tokens, batches of prompts of different lengths (left-padded and masked)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from chimera.models.cache import HybridCache
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 64
+    """Tokens to generate at most per sequence."""
+    temperature: float = 0.0
+    """0 means greedy."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0: all)."""
+    top_p: float = 1.0
+    """Keep the smallest set of tokens whose probability reaches p."""
+    stop_tokens: tuple[int, ...] = ()
+    """A sequence ends after emitting one of these."""
+    seed: int | None = None
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (b, vocab) -> next token ids (b,)."""
+    if cfg.temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k > 0:
+        kth = logits.topk(min(cfg.top_k, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the mass before it already reaches top_p (the top token always stays)
+        drop = probs.cumsum(-1) - probs >= cfg.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths -> ids (b, L) and mask (b, L), padding on the left."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), L, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, L - len(p):] = True
+    return ids, mask
+
+
+@torch.no_grad()
+def prefill(model, ids: torch.Tensor, cache: HybridCache, mask: torch.Tensor | None = None,
+            chunk_size: int = 0) -> torch.Tensor:
+    """Run the prompt through the model into ``cache``, ``chunk_size`` tokens at a time (0: at once).
+    Returns the logits of the last position (b, vocab)."""
+    step = chunk_size if chunk_size > 0 else ids.size(1)
+    out = None
+    for start in range(0, ids.size(1), step):
+        sl = slice(start, start + step)
+        m = None if mask is None or bool(mask.all()) else mask[:, sl]
+        out = model(ids[:, sl], cache=cache, attention_mask=m, logits_to_keep=1).logits
+    return out[:, -1]
+
+
+@torch.no_grad()
+def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None = None,
+             pad_id: int = 0, prefill_chunk: int = 0) -> list[list[int]]:
+    """Generate continuations for a batch of token-id prompts; returns the new tokens of each
+    (up to and including its stop token)."""
+    cfg = cfg or SamplingConfig()
+    device = model.lm_head.weight.device
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    b = ids.size(0)
+    gen = None
+    if cfg.seed is not None:
+        gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    cache = model.new_cache(b, kv_capacity=ids.size(1) + cfg.max_new_tokens)
+    logits = prefill(model, ids, cache, mask, prefill_chunk)
+    outputs: list[list[int]] = [[] for _ in range(b)]
+    done = [False] * b
+    stops = set(cfg.stop_tokens)
+    for _ in range(cfg.max_new_tokens):
+        nxt = sample_next(logits, cfg, gen)
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                outputs[i].append(t)
+                done[i] = t in stops
+        if all(done):
+            break
+        logits = model(nxt[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
+    return outputs

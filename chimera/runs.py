@@ -1,0 +1,193 @@
+"""Run directories: resolved config, metrics (JSONL, optional TensorBoard), atomic checkpoints, resume.
+
+Layout::
+
+    runs/<name>-<timestamp>/
+        config.json         the resolved config the run was started with
+        metrics.jsonl       one JSON object per log step ({"step": ..., "losses/train_loss": ...})
+        checkpoints/        step_00000100.pt ... (last N kept) and `latest` naming the newest
+        plots/              PNGs written by `chimera report` and at the end of training
+
+A checkpoint is written to a temporary file, flushed to disk and renamed, so a process killed
+while writing leaves the previous checkpoint intact and `latest` pointing at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every random generator a run uses."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _atomic_write_bytes(dest: Path, write) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+
+
+class CheckpointManager:
+    """Atomic checkpoints in one folder, the last ``keep`` kept, with a ``latest`` pointer."""
+
+    def __init__(self, folder: str | Path, keep: int = 3):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+
+    def path_for(self, step: int) -> Path:
+        return self.folder / f"step_{step:08d}.pt"
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Write ``state`` (plus the step) for ``step`` atomically and point ``latest`` at it."""
+        path = self.path_for(step)
+        _atomic_write_bytes(path, lambda f: torch.save({**state, "step": step}, f))
+        _atomic_write_bytes(self.folder / "latest", lambda f: f.write(path.name.encode()))
+        for old in self.list()[:-self.keep] if self.keep > 0 else []:
+            old.unlink(missing_ok=True)
+        return path
+
+    def list(self) -> list[Path]:
+        return sorted(self.folder.glob("step_*.pt"))
+
+    def load_latest(self, map_location: str = "cpu") -> dict[str, Any] | None:
+        """The newest checkpoint that loads; a corrupt or missing newest one falls back to older ones."""
+        candidates = self.list()
+        pointer = self.folder / "latest"
+        if pointer.exists():
+            named = self.folder / pointer.read_text().strip()
+            if named in candidates:
+                candidates.remove(named)
+                candidates.append(named)
+        for path in reversed(candidates):
+            try:
+                return torch.load(path, map_location=map_location, weights_only=False)
+            except Exception as e:  # a truncated file raises from deep inside the unpickler
+                print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying an older one")
+        return None
+
+
+class Run:
+    """A run directory with its config, metrics log and checkpoints."""
+
+    def __init__(self, path: str | Path, keep_checkpoints: int = 3, tensorboard: bool = False):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = CheckpointManager(self.path / "checkpoints", keep_checkpoints)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise RuntimeError("tensorboard=True needs the tensorboard package: pip install tensorboard") from e
+            self._tb = SummaryWriter(str(self.path / "tb"))
+
+    @classmethod
+    def create(cls, out_dir: str | Path, name: str, config: dict[str, Any], **kw: Any) -> Run:
+        """A new run folder ``<out_dir>/<name>-<timestamp>`` with ``config.json`` written."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(out_dir) / f"{name}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path(out_dir) / f"{name}-{stamp}-{n}"
+        run = cls(path, **kw)
+        (run.path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path, **kw: Any) -> Run:
+        """An existing run folder, for resuming."""
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not a run directory (no config.json); pass the folder under runs/")
+        return cls(path, **kw)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Append one JSON line of metrics for ``step`` (and to TensorBoard when enabled)."""
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}, "time": time.time()}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, float(v), step)
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop logged rows past ``after_step`` (they are redone when a run resumes)."""
+        if not self.metrics_path.exists():
+            return
+        rows = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= after_step]
+        _atomic_write_bytes(self.metrics_path, lambda f: f.write("".join(r + "\n" for r in rows).encode()))
+
+    def metrics(self) -> list[dict[str, float]]:
+        return read_metrics(self.metrics_path)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_metrics(metrics_path: str | Path, out_dir: str | Path, keys: list[str] | None = None) -> list[Path]:
+    """One PNG per metric prefix (losses, charts, eval, ...) with a line per metric; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = sorted({k for r in rows for k in r if k not in ("step", "time")})
+    if keys:
+        names = [n for n in names if n in keys]
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(n.split("/")[0], []).append(n)
+    paths = []
+    for group, members in groups.items():
+        fig, axes = plt.subplots(1, len(members), figsize=(4 * len(members), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], members):
+            pts = [(r["step"], r[name]) for r in rows if name in r]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 30 else None)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / f"{group.replace('/', '_')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

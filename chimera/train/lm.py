@@ -1,0 +1,211 @@
+"""Language-model training: pretraining or SFT of a hybrid model on synthetic reasoning tasks.
+
+One straight loop: schedule, evaluate / checkpoint, accumulate, clip, step, MoE bias update, log.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from chimera.config import to_dict
+from chimera.data.batching import IGNORE, TaskBatcher, parse_answer, prompt_tokens
+from chimera.generate import SamplingConfig, generate
+from chimera.models import HybridLM, get_config
+from chimera.models.config import SIZES
+from chimera.runs import Run, plot_metrics, rng_state, seed_everything, set_rng_state
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak (cosine decay)."""
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    """AdamW decay on matrices; biases, norms, A_log, D and dt_bias never decay."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+
+
+@dataclass
+class DataConfig:
+    tasks: tuple[str, ...] = ("add", "sort")
+    """Synthetic tasks to mix (see chimera.data.synthetic.TASKS)."""
+    mode: Literal["sft", "pretrain"] = "sft"
+    """sft: loss on the assistant turn only; pretrain: packed sequences, loss on every token."""
+    thinking: bool = True
+    """Train with the reasoning trace inside <think>...</think> before the answer."""
+    seq_len: int = 96
+    batch_size: int = 32
+    grad_accum: int = 1
+
+
+@dataclass
+class RunConfig:
+    name: str = "lm"
+    out_dir: str = "runs"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    eval_samples: int = 64
+    """Held-out problems answered by greedy generation at each evaluation."""
+    ckpt_every: int = 200
+    keep_checkpoints: int = 3
+    tensorboard: bool = False
+    threads: int = 0
+    """torch CPU threads (0: leave torch's default)."""
+
+
+@dataclass
+class TrainLMConfig:
+    """Train a hybrid Mamba/attention/MoE language model on synthetic tasks with reasoning traces."""
+
+    model: str = "tiny-moe"
+    """A named size (chimera models) or an HF NemotronH checkpoint directory to start from."""
+    steps: int = 1000
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16 runs the forward under autocast; weights and optimizer stay fp32."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        if self.model not in SIZES and not (Path(self.model) / "config.json").exists():
+            raise ValueError(f"model={self.model!r} is neither a named size ({', '.join(SIZES)}) "
+                             f"nor a checkpoint directory with config.json")
+        if self.steps <= 0:
+            raise ValueError(f"steps={self.steps} must be positive")
+        for name in ("seq_len", "batch_size", "grad_accum"):
+            if getattr(self.data, name) <= 0:
+                raise ValueError(f"data.{name}={getattr(self.data, name)} must be positive")
+        if not self.data.tasks:
+            raise ValueError("data.tasks is empty; pick from add, sort")
+
+
+def build_model(spec: str) -> HybridLM:
+    if spec in SIZES:
+        return HybridLM(get_config(spec))
+    return HybridLM.from_pretrained(spec, dtype=torch.float32).train()
+
+
+def lr_lambda(cfg: TrainLMConfig):
+    o = cfg.optim
+
+    def f(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+@torch.no_grad()
+def evaluate(model: HybridLM, batcher: TaskBatcher, n: int, max_new_tokens: int = 80) -> dict[str, float]:
+    """Held-out accuracy per task by greedy generation, and the held-out loss."""
+    was_training = model.training
+    model.eval()
+    tok = batcher.tok
+    items = batcher.held_out(n)
+    prompts = [prompt_tokens(tok, ex.prompt, batcher.thinking) for _, ex in items]
+    outs = []
+    for i in range(0, len(prompts), 32):
+        outs += generate(model, prompts[i:i + 32], SamplingConfig(max_new_tokens=max_new_tokens,
+                                                                  stop_tokens=(tok.eos_id,)), pad_id=tok.pad_id)
+    correct: dict[str, list[bool]] = {}
+    for (name, ex), out in zip(items, outs):
+        task = next(t for t in batcher.tasks if t.name == name)
+        correct.setdefault(name, []).append(task.verify(ex.prompt, parse_answer(tok.decode(out))))
+    x, y = batcher.batch(step=-1)  # a fixed batch from its own stream for the eval loss
+    loss = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+    model.train(was_training)
+    metrics = {f"eval/accuracy/{k}": sum(v) / len(v) for k, v in correct.items()}
+    metrics["eval/loss"] = loss.item()
+    return metrics
+
+
+def train(cfg: TrainLMConfig, resume: str | None = None, log=print) -> Run:
+    """Run (or resume) training; returns the run directory handle."""
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    seed_everything(cfg.run.seed)
+    model = build_model(cfg.model).train()
+    opt = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
+                            betas=(cfg.optim.beta1, cfg.optim.beta2))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    batcher = TaskBatcher(cfg.data.tasks, cfg.data.seq_len, cfg.data.batch_size, cfg.run.seed,
+                          cfg.data.mode, cfg.data.thinking)
+    run_kw = dict(keep_checkpoints=cfg.run.keep_checkpoints, tensorboard=cfg.run.tensorboard)
+    start = 0
+    if resume:
+        run = Run.open(resume, **run_kw)
+        ckpt = run.checkpoints.load_latest()
+        if ckpt is None:
+            log(f"no loadable checkpoint in {run.path}; starting from step 0")
+        else:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+            start = ckpt["step"]
+            log(f"resumed {run.path} at step {start}")
+        run.truncate_metrics(start)
+    else:
+        run = Run.create(cfg.run.out_dir, cfg.run.name, to_dict(cfg), **run_kw)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"run {run.path}: model {cfg.model} ({n_params / 1e6:.2f}M params, pattern {model.config.pattern}), "
+        f"{cfg.steps} steps")
+
+    def checkpoint(step: int) -> None:
+        run.checkpoints.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "rng": rng_state(), "config": to_dict(cfg)})
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+    t0, tokens, t_start = time.time(), 0, time.time()
+    for step in range(start, cfg.steps):
+        loss_sum = 0.0
+        for micro in range(cfg.data.grad_accum):
+            x, y = batcher.batch(step, micro)
+            with autocast:
+                out = model(x)
+            loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+            total = loss if out.aux_loss is None else loss + out.aux_loss
+            (total / cfg.data.grad_accum).backward()
+            loss_sum += loss.item() / cfg.data.grad_accum
+            tokens += int((y != IGNORE).sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        model.update_moe_bias()
+        done = step + 1
+        if done % cfg.run.log_every == 0 or done == cfg.steps:
+            dt = time.time() - t0
+            rate = tokens / max(dt, 1e-9)
+            eta = (cfg.steps - done) * (time.time() - t_start) / max(1, done - start)
+            run.log(done, {"losses/train_loss": loss_sum, "losses/grad_norm": float(grad_norm),
+                           "charts/learning_rate": sched.get_last_lr()[0], "charts/tokens_per_sec": rate})
+            log(f"step {done:>6}/{cfg.steps}  loss {loss_sum:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
+                f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min")
+            t0, tokens = time.time(), 0
+        if done % cfg.run.eval_every == 0 or done == cfg.steps:
+            metrics = evaluate(model, batcher, cfg.run.eval_samples)
+            run.log(done, metrics)
+            log("eval  " + "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items()))
+        if done % cfg.run.ckpt_every == 0 or done == cfg.steps:
+            checkpoint(done)
+    model.save_pretrained(run.path / "model")
+    plots = plot_metrics(run.metrics_path, run.path / "plots")
+    log(f"model saved to {run.path / 'model'}; plots: {', '.join(str(p) for p in plots)}")
+    run.close()
+    return run

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from chimera.cli import COMMANDS, main
+
+
+def test_top_level_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_subcommand_explains_itself(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"chimera {name}" in out and len(out) > 200
+
+
+def test_unknown_command_is_refused(capsys):
+    assert main(["fly"]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_bad_preset_key_gives_named_error(tmp_path, capsys):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({"stepz": 3}))
+    assert main(["train-lm", "--preset", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'stepz'" in err and "allowed in TrainLMConfig: model, steps" in err
+
+
+def test_bad_model_name_gives_named_error(capsys):
+    assert main(["train-lm", "--model", "gigantic"]) == 2
+    assert "model='gigantic' is neither a named size" in capsys.readouterr().err
+
+
+def test_models_lists_released_shapes(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "nemotron-3-nano-30b-a3b" in out and "31.58B" in out
+
+
+def test_train_then_generate_then_report(tmp_path, capsys):
+    assert main(["train-lm", "--model", "tiny", "--steps", "6", "--data.seq-len", "64", "--data.batch-size", "4",
+                 "--run.out-dir", str(tmp_path), "--run.eval-samples", "2", "--run.log-every", "2"]) == 0
+    run = next(tmp_path.iterdir())
+    assert (run / "model" / "config.json").exists() and (run / "plots" / "losses.png").exists()
+    assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if line]) == 4
+    capsys.readouterr()
+    assert main(["generate", str(run / "model"), "--prompt", "1+1=", "--max-new-tokens", "5"]) == 0
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "losses/train_loss" in out and "eval/accuracy/add" in out
+
+
+def test_generate_on_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["generate", str(tmp_path)]) == 2
+    assert "config.json" in capsys.readouterr().err

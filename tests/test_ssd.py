@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from chimera.models.ssd import ssd_chunked, ssd_step
+
+
+def _inputs(b=2, l=37, h=4, p=8, g=2, n=16):
+    x = torch.randn(b, l, h, p)
+    dt = torch.nn.functional.softplus(torch.randn(b, l, h))
+    A = -torch.rand(h) * 2 - 0.1
+    B, C = torch.randn(b, l, g, n), torch.randn(b, l, g, n)
+    return x, dt, A, B, C
+
+
+def _recurrent(x, dt, A, B, C, state):
+    ys = []
+    for t in range(x.size(1)):
+        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t])
+        ys.append(y)
+    return torch.stack(ys, 1), state
+
+
+@pytest.mark.parametrize("with_initial_state", [False, True])
+@pytest.mark.parametrize("chunk", [1, 8, 16, 64])
+def test_chunked_scan_matches_recurrent_step(with_initial_state, chunk):
+    x, dt, A, B, C = _inputs()
+    s0 = torch.randn(2, 4, 8, 16) if with_initial_state else torch.zeros(2, 4, 8, 16)
+    y, final = ssd_chunked(x, dt, A, B, C, chunk, s0 if with_initial_state else None)
+    y_ref, final_ref = _recurrent(x, dt, A, B, C, s0)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(final, final_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_scan_split_in_two_carries_state():
+    x, dt, A, B, C = _inputs(l=40)
+    y, final = ssd_chunked(x, dt, A, B, C, 16)
+    y1, s1 = ssd_chunked(x[:, :23], dt[:, :23], A, B[:, :23], C[:, :23], 16)
+    y2, s2 = ssd_chunked(x[:, 23:], dt[:, 23:], A, B[:, 23:], C[:, 23:], 16, s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s2, final, atol=1e-5, rtol=1e-5)
