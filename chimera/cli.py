@@ -32,6 +32,13 @@ class GenerateArgs:
     seed: int = 0
     show_special: bool = False
     """Print special tokens such as <think> in the output."""
+    thinking_budget: int = -1
+    """Close the thinking segment after this many tokens (at the next newline within a 10% grace, or
+    forced at its end); -1: no limit."""
+    answer_budget: int = -1
+    """With --thinking-budget: tokens allowed after </think> (-1: up to --max-new-tokens)."""
+    speculative: bool = False
+    """Greedy self-speculative decoding with the checkpoint's MTP layers (prints acceptance and speed)."""
 
 
 @dataclass
@@ -66,24 +73,42 @@ def cmd_train_lm(argv: list[str]) -> int:
 def cmd_generate(argv: list[str]) -> int:
     import torch
 
-    from chimera.generate import SamplingConfig, generate
+    from chimera.generate import SamplingConfig, ThinkingBudget, generate
     from chimera.models import HybridLM
-    from chimera.tokenizer import ByteTokenizer, Message
+    from chimera.tokenizer import Message, load_tokenizer
 
     args = tyro.cli(GenerateArgs, args=argv, prog="chimera generate")
     model = HybridLM.from_pretrained(args.checkpoint)
-    tok = ByteTokenizer()
+    tok = load_tokenizer(args.checkpoint)
     if model.config.vocab_size < tok.vocab_size:
-        raise ConfigError(f"{args.checkpoint} has vocab_size={model.config.vocab_size}, smaller than the byte "
-                          f"tokenizer's {tok.vocab_size}; it was not trained with chimera's tokenizer")
+        raise ConfigError(f"{args.checkpoint} has vocab_size={model.config.vocab_size}, smaller than its "
+                          f"tokenizer's {tok.vocab_size}; the checkpoint and tokenizer do not belong together")
     if args.chat:
         text = tok.apply_chat_template([Message("user", args.prompt)], enable_thinking=args.thinking)
     else:
         text = args.prompt
     torch.manual_seed(args.seed)
+    stops = (tok.eos_id,) if args.chat else ()
+    prompt = tok.encode(text)
+    if args.speculative:
+        from chimera.speculative import speculative_generate
+
+        if not model.config.mtp_depths:
+            raise ConfigError(f"{args.checkpoint} has no MTP layers (num_nextn_predict_layers=0); "
+                              f"drop --speculative or train with an MTP pattern such as 'MEM*ME/*E/*E'")
+        out, stats = speculative_generate(model, prompt, args.max_new_tokens, stops)
+        print(tok.decode(out, skip_special=not args.show_special))
+        print(f"[speculative: {stats.rounds} rounds, acceptance {stats.acceptance_rate:.2f}, "
+              f"{len(out) / stats.seconds:.1f} tok/s]", file=sys.stderr)
+        return 0
+    budget = None
+    if args.thinking_budget >= 0:
+        budget = ThinkingBudget(args.thinking_budget, tok.token_id("<think>"), tok.token_id("</think>"),
+                                tok.newline_ids,
+                                max_answer_tokens=args.answer_budget if args.answer_budget >= 0 else None)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, stop_tokens=(tok.eos_id,) if args.chat else (), seed=args.seed)
-    out = generate(model, [tok.encode(text)], sampling, pad_id=tok.pad_id)[0]
+                              top_p=args.top_p, stop_tokens=stops, seed=args.seed)
+    out = generate(model, [prompt], sampling, pad_id=tok.pad_id, budget=budget)[0]
     prefix = "<think>" if args.chat and args.thinking and args.show_special else ""
     print(prefix + tok.decode(out, skip_special=not args.show_special))
     return 0

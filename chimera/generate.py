@@ -26,6 +26,71 @@ class SamplingConfig:
     seed: int | None = None
 
 
+@dataclass
+class ThinkingBudget:
+    """Reasoning-budget control: at most ``max_thinking_tokens`` (N) inside ``<think>``, plus a grace.
+
+    Once N thinking tokens are out without ``</think>``, the segment is closed right after the next
+    newline within the grace window (default ceil(10% of N)), or ``</think>`` is forced when the
+    grace runs out. The answer then runs under its own limit ``max_answer_tokens``.
+    """
+
+    max_thinking_tokens: int
+    think_start_id: int
+    think_end_id: int
+    newline_ids: tuple[int, ...]
+    grace: int | None = None
+    max_answer_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_thinking_tokens < 0:
+            raise ValueError(f"max_thinking_tokens={self.max_thinking_tokens} must be >= 0")
+        if self.grace is None:
+            self.grace = -(-self.max_thinking_tokens // 10)
+
+    def start(self, prompts: Sequence[Sequence[int]]) -> BudgetState:
+        return BudgetState(self, prompts)
+
+
+class BudgetState:
+    """Per-sequence thinking / answer counters for one ``generate`` call."""
+
+    def __init__(self, budget: ThinkingBudget, prompts: Sequence[Sequence[int]]):
+        self.b = budget
+        self.thinking = [_open_think(p, budget.think_start_id, budget.think_end_id) for p in prompts]
+        self.n_think = [0] * len(prompts)
+        self.n_answer = [0] * len(prompts)
+        self.close_next = [False] * len(prompts)
+
+    def force(self, i: int) -> int | None:
+        """The token row i must emit now, if any."""
+        if self.thinking[i] and (self.close_next[i] or self.n_think[i] >= self.b.max_thinking_tokens + self.b.grace):
+            return self.b.think_end_id
+        return None
+
+    def observe(self, i: int, token: int) -> None:
+        if self.thinking[i]:
+            if token == self.b.think_end_id:
+                self.thinking[i] = False
+            else:
+                self.n_think[i] += 1
+                if self.n_think[i] >= self.b.max_thinking_tokens and token in self.b.newline_ids:
+                    self.close_next[i] = True
+        else:  # once closed, thinking does not restart: a stray <think> counts against the answer
+            self.n_answer[i] += 1
+
+    def done(self, i: int) -> bool:
+        limit = self.b.max_answer_tokens
+        return limit is not None and not self.thinking[i] and self.n_answer[i] >= limit
+
+
+def _open_think(prompt: Sequence[int], start_id: int, end_id: int) -> bool:
+    """Whether the prompt ends inside an unclosed <think> segment."""
+    last_start = max((i for i, t in enumerate(prompt) if t == start_id), default=-1)
+    last_end = max((i for i, t in enumerate(prompt) if t == end_id), default=-1)
+    return last_start > last_end
+
+
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (b, vocab) -> next token ids (b,)."""
     if cfg.temperature <= 0:
@@ -74,9 +139,9 @@ def prefill(model, ids: torch.Tensor, cache: HybridCache, mask: torch.Tensor | N
 
 @torch.no_grad()
 def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None = None,
-             pad_id: int = 0, prefill_chunk: int = 0) -> list[list[int]]:
+             pad_id: int = 0, prefill_chunk: int = 0, budget: ThinkingBudget | None = None) -> list[list[int]]:
     """Generate continuations for a batch of token-id prompts; returns the new tokens of each
-    (up to and including its stop token)."""
+    (up to and including its stop token). ``budget`` limits the thinking segment."""
     cfg = cfg or SamplingConfig()
     device = model.lm_head.weight.device
     ids, mask = left_pad(prompts, pad_id)
@@ -90,12 +155,20 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None
     outputs: list[list[int]] = [[] for _ in range(b)]
     done = [False] * b
     stops = set(cfg.stop_tokens)
+    state = budget.start(prompts) if budget is not None else None
     for _ in range(cfg.max_new_tokens):
         nxt = sample_next(logits, cfg, gen)
+        if state is not None:
+            forced = [state.force(i) for i in range(b)]
+            if any(f is not None for f in forced):
+                nxt = torch.tensor([t if f is None else f for t, f in zip(nxt.tolist(), forced)], device=device)
         for i, t in enumerate(nxt.tolist()):
             if not done[i]:
                 outputs[i].append(t)
                 done[i] = t in stops
+                if state is not None:
+                    state.observe(i, t)
+                    done[i] = done[i] or state.done(i)
         if all(done):
             break
         logits = model(nxt[:, None], cache=cache, logits_to_keep=1).logits[:, -1]

@@ -16,10 +16,25 @@ from chimera.models.config import HybridConfig
 
 @dataclass
 class MambaState:
-    """Conv window (b, conv_dim, kernel-1) and SSM state (b, h, p, n), the latter in fp32."""
+    """Conv window (b, conv_dim, kernel-1) and SSM state (b, h, p, n), the latter in fp32.
+
+    With ``record`` set, a multi-token forward keeps the state after every position
+    (``ssm_history`` (l, b, h, p, n) and the full conv ``window``), so that speculative
+    decoding can roll back to any accepted prefix exactly.
+    """
 
     conv: torch.Tensor
     ssm: torch.Tensor
+    record: bool = False
+    window: torch.Tensor | None = None
+    ssm_history: torch.Tensor | None = None
+
+    def rollback(self, keep: int) -> None:
+        """After a recorded forward, keep the state as it was after the first ``keep`` positions."""
+        k1 = self.conv.size(-1)
+        self.conv = self.window[..., keep:keep + k1]
+        self.ssm = self.ssm_history[keep - 1]
+        self.window = self.ssm_history = None
 
     def nbytes(self) -> int:
         return self.conv.numel() * self.conv.element_size() + self.ssm.numel() * self.ssm.element_size()
@@ -85,11 +100,11 @@ class HybridCache:
 
     @classmethod
     def empty(cls, config: HybridConfig, batch: int, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32, kv_capacity: int = 256) -> HybridCache:
-        """Zero conv / SSM states and empty KV buffers for a batch."""
+              dtype: torch.dtype = torch.float32, kv_capacity: int = 256, pattern: str | None = None) -> HybridCache:
+        """Zero conv / SSM states and empty KV buffers for a batch (layers of ``pattern``, default the config's)."""
         device = torch.device(device)
         layers: list[MambaState | KVState | None] = []
-        for kind in config.pattern:
+        for kind in config.pattern if pattern is None else pattern:
             if kind == "M":
                 conv = torch.zeros(batch, config.mamba_conv_dim, config.conv_kernel - 1, dtype=dtype, device=device)
                 ssm = torch.zeros(batch, config.mamba_num_heads, config.mamba_head_dim, config.ssm_state_size,
@@ -112,6 +127,42 @@ class HybridCache:
             self.key_mask = torch.ones(batch, self.seen, dtype=torch.bool, device=device)
         self.key_mask = torch.cat([self.key_mask, mask.bool()], dim=1)
         self.seen += t
+
+    # ---- speculation ---------------------------------------------------------------------------
+    def snapshot(self) -> tuple:
+        """A cheap handle to the current state: layers replace (never mutate) their Mamba tensors,
+        and KV buffers only grow past their recorded length."""
+        return ([(s.conv, s.ssm) if isinstance(s, MambaState) else (s.length if isinstance(s, KVState) else None)
+                 for s in self.layers], self.key_mask, self.seen)
+
+    def restore(self, snap: tuple) -> None:
+        """Return to a ``snapshot``."""
+        layers, self.key_mask, self.seen = snap
+        for s, saved in zip(self.layers, layers):
+            if isinstance(s, MambaState):
+                s.conv, s.ssm = saved
+                s.window = s.ssm_history = None
+            elif isinstance(s, KVState):
+                s.length = saved
+
+    def record(self, on: bool = True) -> None:
+        """Keep per-position Mamba states during the next multi-token forward (see ``rollback``)."""
+        for s in self.layers:
+            if isinstance(s, MambaState):
+                s.record = on
+
+    def rollback(self, keep: int, total: int) -> None:
+        """After a recorded forward of ``total`` positions, keep only the first ``keep`` of them."""
+        drop = total - keep
+        for s in self.layers:
+            if isinstance(s, MambaState):
+                s.rollback(keep)
+                s.record = False
+            elif isinstance(s, KVState):
+                s.trim(drop)
+        self.seen -= drop
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask[:, :self.seen]
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held by Mamba states and by attention KV."""

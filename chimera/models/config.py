@@ -45,7 +45,8 @@ class HybridConfig:
     """Sizes and layer pattern of a hybrid decoder; field names follow HF NemotronH."""
 
     pattern: str = "M*M-"
-    """One character per layer: M Mamba-2, * attention, - MLP, E MoE."""
+    """One character per layer: M Mamba-2, * attention, - MLP, E MoE. A suffix ``/B`` per MTP depth
+    adds multi-token prediction blocks of pattern B (``"MEM*ME/*E/*E"``: two depths of ``*E``)."""
     vocab_size: int = 272
     hidden_size: int = 64
     # attention
@@ -82,6 +83,15 @@ class HybridConfig:
     """Aux-loss-free balancing: step size of the correction-bias update (0 disables it)."""
     moe_aux_loss_coeff: float = 0.0
     """Weight of the sequence-level load-balancing loss (0 disables it)."""
+    # multi-token prediction (Megatron / Nemotron 3 design)
+    mtp_pattern: str = ""
+    """Layer pattern of one MTP block (e.g. "*E"); empty: no MTP."""
+    mtp_depths: int = 0
+    """Number of future tokens predicted beyond the next one."""
+    mtp_share_block: bool = False
+    """Apply one MTP block at every depth (HF num_nextn_predict_layers=1) instead of one block per depth."""
+    mtp_loss_scale: float = 0.1
+    """Weight of the mean MTP cross-entropy added to the training loss."""
     # model
     layer_norm_epsilon: float = 1e-5
     tie_word_embeddings: bool = False
@@ -94,7 +104,25 @@ class HybridConfig:
     """HF config keys we do not use, kept so a round trip loses nothing."""
 
     def __post_init__(self) -> None:
+        if "/" in self.pattern:
+            main, *blocks = self.pattern.split("/")
+            if len(set(blocks)) != 1 or not blocks[0]:
+                raise ValueError(f"pattern {self.pattern!r}: every MTP block after '/' must have the same, "
+                                 f"non-empty pattern (got {blocks})")
+            self.pattern, self.mtp_pattern, self.mtp_depths = main, blocks[0], len(blocks)
         self.validate()
+
+    @property
+    def full_pattern(self) -> str:
+        """The pattern with its MTP suffix, e.g. ``MEM*ME/*E/*E``."""
+        return self.pattern + "".join("/" + self.mtp_pattern for _ in range(self.mtp_depths))
+
+    @property
+    def mtp_num_blocks(self) -> int:
+        """Physical MTP blocks (HF num_nextn_predict_layers)."""
+        if not self.mtp_depths:
+            return 0
+        return 1 if self.mtp_share_block else self.mtp_depths
 
     # ---- derived sizes -------------------------------------------------------------------
     @property
@@ -118,12 +146,14 @@ class HybridConfig:
         """Raise ValueError naming the field when sizes or the pattern are inconsistent."""
         if not self.pattern:
             raise ValueError("pattern is empty (expected one character per layer from M, *, -, E)")
-        for i, c in enumerate(self.pattern):
-            if c not in LAYER_KINDS:
-                raise ValueError(
-                    f"pattern {self.pattern!r} has unknown layer kind {c!r} at position {i} "
-                    f"(expected M, *, -, E)"
-                )
+        for where, pat in (("pattern", self.pattern), ("mtp_pattern", self.mtp_pattern)):
+            for i, c in enumerate(pat):
+                if c not in LAYER_KINDS:
+                    raise ValueError(
+                        f"{where} {pat!r} has unknown layer kind {c!r} at position {i} (expected M, *, -, E)"
+                    )
+        if bool(self.mtp_pattern) != bool(self.mtp_depths):
+            raise ValueError(f"mtp_pattern={self.mtp_pattern!r} and mtp_depths={self.mtp_depths} must be set together")
         positive = ["vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                     "intermediate_size", "mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size",
                     "conv_kernel", "chunk_size", "n_routed_experts", "num_experts_per_tok",
@@ -162,7 +192,8 @@ class HybridConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """The HF NemotronH config.json contents for this config."""
         out: dict[str, Any] = dict(self.extra)
-        ours = {"pattern", "extra", "moe_bias_update_rate", "moe_aux_loss_coeff"}
+        ours = {"pattern", "extra", "moe_bias_update_rate", "moe_aux_loss_coeff", "mtp_pattern", "mtp_depths",
+                "mtp_share_block", "mtp_loss_scale"}
         for f in fields(self):
             if f.name not in ours:
                 out[f.name] = getattr(self, f.name)
@@ -174,10 +205,13 @@ class HybridConfig:
             mlp_hidden_act="relu2",
             expand=max(1, self.mamba_d_inner // self.hidden_size),
             n_shared_experts=1 if self.moe_shared_expert_intermediate_size > 0 else 0,
-            num_nextn_predict_layers=0,
+            num_nextn_predict_layers=self.mtp_num_blocks,
             chimera={"moe_bias_update_rate": self.moe_bias_update_rate,
-                     "moe_aux_loss_coeff": self.moe_aux_loss_coeff},
+                     "moe_aux_loss_coeff": self.moe_aux_loss_coeff,
+                     "mtp_depths": self.mtp_depths, "mtp_loss_scale": self.mtp_loss_scale},
         )
+        if self.mtp_depths:
+            out["mtp_layers_block_type"] = [_HF_BLOCK_TYPES[c][0] for c in self.mtp_pattern]
         out.pop("num_hidden_layers", None)
         out.pop("hybrid_override_pattern", None)
         return out
@@ -203,6 +237,16 @@ class HybridConfig:
                 kwargs.pop(k, None)
         chimera = d.pop("chimera", {}) or {}
         kwargs.update({k: v for k, v in chimera.items() if k in ours})
+        blocks = d.pop("num_nextn_predict_layers", 0) or 0
+        mtp_types = d.pop("mtp_layers_block_type", None)
+        mtp_string = d.pop("mtp_hybrid_override_pattern", None)
+        if blocks:
+            kwargs["mtp_pattern"] = (_pattern_from_hf({"layers_block_type": mtp_types}) if mtp_types
+                                     else mtp_string or "*E")
+            kwargs.setdefault("mtp_depths", blocks)
+            kwargs["mtp_share_block"] = blocks == 1 and kwargs["mtp_depths"] > 1
+        else:
+            kwargs.pop("mtp_depths", None)
         if "n_shared_experts" in d and d["n_shared_experts"] == 0:
             kwargs["moe_shared_expert_intermediate_size"] = 0
         for k in ("time_step_limit", "layers_block_type", "hybrid_override_pattern", "num_hidden_layers"):
@@ -259,6 +303,7 @@ SIZES: dict[str, Any] = {
     "tiny-mamba": lambda: HybridConfig(pattern="MMM"),
     "tiny-moe": lambda: HybridConfig(pattern="MEM*ME"),
     "tiny-latent-moe": lambda: HybridConfig(pattern="MEM*ME", moe_latent_size=32),
+    "tiny-mtp": lambda: HybridConfig(pattern="MEM*ME/*E/*E"),
     "small-moe": lambda: HybridConfig(
         pattern="MEMEM*EMEM", hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
         mamba_num_heads=8, mamba_head_dim=32, n_groups=2, ssm_state_size=32, chunk_size=64,

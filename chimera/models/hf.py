@@ -2,7 +2,8 @@
 
 The only name translation is for MoE experts: the checkpoint stores one matrix per expert
 (``mixer.experts.{k}.up_proj.weight``), the model one (E, out, in) tensor (``mixer.experts.up_proj``).
-Multi-token-prediction weights (``mtp.*``) are not part of this model and are skipped.
+Multi-token-prediction weights (``mtp.*``) load when config.json declares MTP layers
+(``num_nextn_predict_layers``) and are skipped otherwise, as transformers does.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def from_hf_state_dict(tensors: dict[str, torch.Tensor], cfg: HybridConfig) -> d
     out: dict[str, torch.Tensor] = {}
     experts: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
     for name, t in tensors.items():
-        if name.startswith(_SKIPPED_PREFIXES):
+        if name.startswith(_SKIPPED_PREFIXES) and not cfg.mtp_depths:
             continue
         m = _EXPERT.match(name)
         if m:

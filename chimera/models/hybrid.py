@@ -19,6 +19,7 @@ from chimera.models.config import HybridConfig
 from chimera.models.mamba2 import Mamba2Mixer
 from chimera.models.mlp import MLP
 from chimera.models.moe import MoE
+from chimera.models.mtp import MTP
 from chimera.models.norm import RMSNorm
 
 
@@ -84,6 +85,7 @@ class LMOutput:
     logits: torch.Tensor  # (b, l, vocab) fp32
     hidden: torch.Tensor  # (b, l, d)
     aux_loss: torch.Tensor | None = None
+    mtp_logits: list[torch.Tensor] | None = None  # depth k: (b, l - k, vocab), predicting token t + k + 1
 
 
 class HybridLM(nn.Module):
@@ -94,6 +96,7 @@ class HybridLM(nn.Module):
         self.config = cfg
         self.backbone = HybridBackbone(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.mtp = MTP(cfg) if cfg.mtp_depths else None
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
         self.init_weights()
@@ -118,7 +121,7 @@ class HybridLM(nn.Module):
                 nn.init.normal_(m.gate.weight, std=std)
                 nn.init.normal_(m.experts.up_proj, std=std)
                 nn.init.normal_(m.experts.down_proj, std=std)
-        for layer in self.backbone.layers:
+        for layer in [*self.backbone.layers, *(self.mtp.layers if self.mtp is not None else [])]:
             if layer.kind == "M":
                 layer.mixer.reset_ssm_parameters()
                 if cfg.rescale_prenorm_residual:
@@ -143,12 +146,25 @@ class HybridLM(nn.Module):
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor | None = None, cache: HybridCache | None = None,
                 attention_mask: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                logits_to_keep: int = 0) -> LMOutput:
-        """input_ids (b, l) -> LMOutput with logits (b, l, vocab); ``logits_to_keep=n`` keeps the last n."""
+                logits_to_keep: int = 0, return_mtp: bool = False) -> LMOutput:
+        """input_ids (b, l) -> LMOutput with logits (b, l, vocab); ``logits_to_keep=n`` keeps the last n.
+        ``return_mtp`` adds the MTP logits of every depth (training)."""
         hidden = self.backbone(input_ids, inputs_embeds, cache, attention_mask)
         h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         logits = self.lm_head(h).float()
-        return LMOutput(logits=logits, hidden=hidden, aux_loss=self.moe_aux_loss())
+        mtp_logits = None
+        if return_mtp and self.mtp is not None:
+            if input_ids is None:
+                raise ValueError("MTP needs input_ids (it embeds the tokens ahead)")
+            mtp_logits = []
+            h_prev = hidden
+            T = input_ids.size(1)
+            for k in range(1, self.config.mtp_depths + 1):
+                if T - k <= 0:
+                    break
+                h_prev = self.mtp(k, h_prev[:, :T - k], self.backbone.embeddings(input_ids[:, k:]))
+                mtp_logits.append(self.lm_head(h_prev).float())
+        return LMOutput(logits=logits, hidden=hidden, aux_loss=self.moe_aux_loss(), mtp_logits=mtp_logits)
 
     def new_cache(self, batch: int, kv_capacity: int = 256) -> HybridCache:
         """An empty inference cache on the model's device and dtype."""
@@ -156,8 +172,14 @@ class HybridLM(nn.Module):
         return HybridCache.empty(self.config, batch, w.device, w.dtype, kv_capacity)
 
     # ---- training helpers ----------------------------------------------------------------------
+    def new_mtp_cache(self, batch: int, kv_capacity: int = 256) -> HybridCache:
+        """An empty cache for one MTP depth."""
+        w = self.backbone.embeddings.weight
+        return self.mtp.new_cache(batch, w.device, w.dtype, kv_capacity)
+
     def moe_layers(self) -> list[MoE]:
-        return [layer.mixer for layer in self.backbone.layers if layer.kind == "E"]
+        layers = [*self.backbone.layers, *(self.mtp.layers if self.mtp is not None else [])]
+        return [layer.mixer for layer in layers if layer.kind == "E"]
 
     def moe_aux_loss(self) -> torch.Tensor | None:
         losses = [m.aux_loss for m in self.moe_layers() if self.training and m.aux_loss is not None]

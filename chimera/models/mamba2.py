@@ -60,7 +60,15 @@ class Mamba2Mixer(nn.Module):
         else:
             window = torch.cat([state.conv.to(xt.dtype), xt], dim=-1)  # (b, c, k-1+l)
             state.conv = window[..., window.size(-1) - (k - 1):]
-        out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)  # (b, c, l)
+            if state.record:
+                state.window = window
+        if xt.size(-1) == 1:
+            # one decoding step: a dot product per channel is far cheaper than a conv call
+            out = (window * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)  # (b, c, 1)
+            if self.conv1d.bias is not None:
+                out = out + self.conv1d.bias[:, None]
+        else:
+            out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)  # (b, c, l)
         return F.silu(out).transpose(1, 2)
 
     def forward(self, hidden: torch.Tensor, state: MambaState | None = None,
@@ -83,10 +91,19 @@ class Mamba2Mixer(nn.Module):
         dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(min=self.cfg.time_step_min)  # (b, l, h)
         A = -torch.exp(self.A_log.float())
         x = x.reshape(b, l, self.h, self.p)
-        if state is not None and l == 1:
-            y, state.ssm = ssd_step(state.ssm, x[:, 0], dt[:, 0], A, B.view(b, self.g, self.n),
-                                    C.view(b, self.g, self.n))
-            y = y[:, None]
+        if state is not None and (l == 1 or state.record):
+            # step by step: decoding, or a speculative verify that must keep every position's state
+            B, C = B.view(b, l, self.g, self.n), C.view(b, l, self.g, self.n)
+            ys, history = [], []
+            ssm = state.ssm
+            for t in range(l):
+                y_t, ssm = ssd_step(ssm, x[:, t], dt[:, t], A, B[:, t], C[:, t])
+                ys.append(y_t)
+                history.append(ssm)
+            state.ssm = ssm
+            if state.record:
+                state.ssm_history = torch.stack(history)  # (l, b, h, p, n)
+            y = torch.stack(ys, 1)
         else:
             init = None if state is None else state.ssm
             y, final = ssd_chunked(x, dt, A, B.view(b, l, self.g, self.n), C.view(b, l, self.g, self.n),

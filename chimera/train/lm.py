@@ -92,6 +92,14 @@ class TrainLMConfig:
             raise ValueError("data.tasks is empty; pick from add, sort")
 
 
+def mtp_loss(mtp_logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Mean over depths of the cross-entropy of depth k (b, T-k, V) against targets[:, k:]
+    (targets[t] is token t+1, so depth k at position t predicts targets[t + k])."""
+    losses = [F.cross_entropy(lg.flatten(0, 1), targets[:, k:].flatten(), ignore_index=IGNORE)
+              for k, lg in enumerate(mtp_logits, start=1)]
+    return torch.stack(losses).mean()
+
+
 def build_model(spec: str) -> HybridLM:
     if spec in SIZES:
         return HybridLM(get_config(spec))
@@ -173,13 +181,17 @@ def train(cfg: TrainLMConfig, resume: str | None = None, log=print) -> Run:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     t0, tokens, t_start = time.time(), 0, time.time()
     for step in range(start, cfg.steps):
-        loss_sum = 0.0
+        loss_sum = mtp_sum = 0.0
         for micro in range(cfg.data.grad_accum):
             x, y = batcher.batch(step, micro)
             with autocast:
-                out = model(x)
+                out = model(x, return_mtp=True)
             loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
             total = loss if out.aux_loss is None else loss + out.aux_loss
+            if out.mtp_logits:
+                mtp = mtp_loss(out.mtp_logits, y)
+                total = total + model.config.mtp_loss_scale * mtp
+                mtp_sum += mtp.item() / cfg.data.grad_accum
             (total / cfg.data.grad_accum).backward()
             loss_sum += loss.item() / cfg.data.grad_accum
             tokens += int((y != IGNORE).sum())
@@ -193,8 +205,11 @@ def train(cfg: TrainLMConfig, resume: str | None = None, log=print) -> Run:
             dt = time.time() - t0
             rate = tokens / max(dt, 1e-9)
             eta = (cfg.steps - done) * (time.time() - t_start) / max(1, done - start)
-            run.log(done, {"losses/train_loss": loss_sum, "losses/grad_norm": float(grad_norm),
-                           "charts/learning_rate": sched.get_last_lr()[0], "charts/tokens_per_sec": rate})
+            row = {"losses/train_loss": loss_sum, "losses/grad_norm": float(grad_norm),
+                   "charts/learning_rate": sched.get_last_lr()[0], "charts/tokens_per_sec": rate}
+            if model.mtp is not None:
+                row["losses/mtp_loss"] = mtp_sum
+            run.log(done, row)
             log(f"step {done:>6}/{cfg.steps}  loss {loss_sum:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
                 f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min")
             t0, tokens = time.time(), 0

@@ -1,0 +1,122 @@
+"""Self-speculative decoding with the model's own MTP layers (greedy, one sequence).
+
+Each round the MTP depths draft k tokens past the next committed one, the main model verifies
+all of them in one forward, the longest agreeing prefix is kept plus the main model's own next
+token, and every cache (attention KV, Mamba conv and SSM states, MTP caches) is rolled back
+exactly to the accepted prefix. The output equals plain greedy decoding token for token.
+
+Bookkeeping: ``seq`` is the committed sequence; its last token has not been consumed by the main
+model yet. Depth k's cache has consumed positions t < done[k], each with input
+(h_{k-1}[t], embed(seq[t+k])); depth 0 is the main model (h_0 = its final hidden state).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from chimera.models.hybrid import HybridLM
+
+
+@dataclass
+class SpeculativeStats:
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    seconds: float = 0.0
+    history: list[tuple[int, list[int]]] = field(default_factory=list)
+    """Per round: the frontier index L and the drafted tokens (for inspection and tests)."""
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(1, self.drafted)
+
+
+@torch.no_grad()
+def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int, stop_tokens: tuple[int, ...] = (),
+                         depth: int | None = None) -> tuple[list[int], SpeculativeStats]:
+    """Greedy generation of up to ``max_new_tokens`` with MTP drafts of ``depth`` tokens (default: all depths)."""
+    cfg = model.config
+    D = cfg.mtp_depths if depth is None else depth
+    if D > cfg.mtp_depths:
+        raise ValueError(f"depth={D} exceeds the model's mtp_depths={cfg.mtp_depths}")
+    if not prompt:
+        raise ValueError("the prompt needs at least one token")
+    t0 = time.perf_counter()
+    stats = SpeculativeStats()
+    capacity = len(prompt) + max_new_tokens + D + 2
+    embed = model.backbone.embeddings
+    main = model.new_cache(1, kv_capacity=capacity)
+    out = model(torch.tensor([prompt]), cache=main, logits_to_keep=1)
+    seq = [*prompt, int(out.logits[0, -1].argmax())]
+    # h[k]: outputs of depth k for positions [start[k], done[k]) not yet consumed by depth k + 1
+    h = {0: out.hidden}
+    start = {0: 0}
+    done = {0: len(prompt)}
+    caches = {k: model.new_mtp_cache(1, kv_capacity=capacity) for k in range(1, D + 1)}
+    for k in range(1, D + 1):
+        h[k], start[k], done[k] = out.hidden[:, :0], 0, 0
+
+    def new_tokens() -> list[int]:
+        return seq[len(prompt):]
+
+    def finished() -> bool:
+        gen = new_tokens()
+        return len(gen) >= max_new_tokens or any(t in stop_tokens for t in gen)
+
+    while not finished():
+        L = len(seq) - 1  # index of the committed token the main model has not consumed
+        # 1. catch up every depth on positions whose inputs are all committed (t + k <= L)
+        for k in range(1, D + 1):
+            hi = min(done[k - 1], L - k + 1)
+            if hi > done[k]:
+                prev = h[k - 1][:, done[k] - start[k - 1]:hi - start[k - 1]]
+                toks = torch.tensor([seq[done[k] + k:hi + k]])
+                h[k] = torch.cat([h[k], model.mtp(k, prev, embed(toks), caches[k])], 1)
+                done[k] = hi
+        for k in range(D + 1):  # drop what no depth will read again
+            keep_from = done[k + 1] if k < D else done[k] - 1
+            cut = max(0, keep_from - start[k])
+            h[k], start[k] = h[k][:, cut:], start[k] + cut
+        # 2. draft at the frontier position L - 1; depth k runs its missing positions on drafts
+        drafts: list[int] = []
+        spec_prev = None  # depth k - 1 outputs for positions [done[k - 1], L - 1], built on drafts
+        for k in range(1, D + 1):
+            lo = done[k]
+            if lo <= L - 1:
+                prev = h[k - 1][:, lo - start[k - 1]:done[k - 1] - start[k - 1]]
+                if spec_prev is not None:
+                    prev = torch.cat([prev, spec_prev], 1)
+                toks = (seq + drafts)[lo + k:L + k]
+                snap = caches[k].snapshot()
+                spec_prev = model.mtp(k, prev, embed(torch.tensor([toks])), caches[k])
+                caches[k].restore(snap)
+                last = spec_prev[:, -1]
+            else:  # h_k at L - 1 is already committed
+                last, spec_prev = h[k][:, L - 1 - start[k]], None
+            drafts.append(int(model.lm_head(last).argmax()))
+        stats.history.append((L, drafts))
+        # 3. verify [seq[L], drafts...] in one forward, keeping every position's Mamba state
+        block = torch.tensor([[seq[L], *drafts]])
+        main.record(True)
+        ver = model(block, cache=main)
+        preds = ver.logits[0].argmax(-1).tolist()
+        a = 0
+        while a < len(drafts) and drafts[a] == preds[a]:
+            a += 1
+        main.rollback(keep=a + 1, total=len(drafts) + 1)
+        seq += [*drafts[:a], preds[a]]
+        h[0] = torch.cat([h[0], ver.hidden[:, :a + 1]], 1)
+        done[0] += a + 1
+        stats.rounds += 1
+        stats.drafted += len(drafts)
+        stats.accepted += a
+    gen = new_tokens()
+    for i, t in enumerate(gen):
+        if t in stop_tokens:
+            gen = gen[:i + 1]
+            break
+    stats.seconds = time.perf_counter() - t0
+    return gen[:max_new_tokens], stats
