@@ -68,35 +68,33 @@ def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int
 
     while not finished():
         L = len(seq) - 1  # index of the committed token the main model has not consumed
-        # 1. catch up every depth on positions whose inputs are all committed (t + k <= L)
-        for k in range(1, D + 1):
-            hi = min(done[k - 1], L - k + 1)
-            if hi > done[k]:
-                prev = h[k - 1][:, done[k] - start[k - 1]:hi - start[k - 1]]
-                toks = torch.tensor([seq[done[k] + k:hi + k]])
-                h[k] = torch.cat([h[k], model.mtp(k, prev, embed(toks), caches[k])], 1)
-                done[k] = hi
-        for k in range(D + 1):  # drop what no depth will read again
-            keep_from = done[k + 1] if k < D else done[k] - 1
-            cut = max(0, keep_from - start[k])
-            h[k], start[k] = h[k][:, cut:], start[k] + cut
-        # 2. draft at the frontier position L - 1; depth k runs its missing positions on drafts
+        # 1. draft at the frontier position L - 1. Depth k runs positions [done[k], L - 1] in one
+        #    forward: those whose inputs are all committed (t + k <= L) stay in its cache, the rest
+        #    (built on drafts) are rolled back after their output is read.
         drafts: list[int] = []
-        spec_prev = None  # depth k - 1 outputs for positions [done[k - 1], L - 1], built on drafts
+        spec_prev = h[0][:, :0]  # depth k - 1 outputs for positions [done[k - 1], L - 1], built on drafts
         for k in range(1, D + 1):
-            lo = done[k]
-            if lo <= L - 1:
-                prev = h[k - 1][:, lo - start[k - 1]:done[k - 1] - start[k - 1]]
-                if spec_prev is not None:
-                    prev = torch.cat([prev, spec_prev], 1)
-                toks = (seq + drafts)[lo + k:L + k]
-                snap = caches[k].snapshot()
-                spec_prev = model.mtp(k, prev, embed(torch.tensor([toks])), caches[k])
-                caches[k].restore(snap)
-                last = spec_prev[:, -1]
-            else:  # h_k at L - 1 is already committed
-                last, spec_prev = h[k][:, L - 1 - start[k]], None
+            lo, commit_hi = done[k], min(done[k - 1], L - k + 1)
+            prev = torch.cat([h[k - 1][:, lo - start[k - 1]:done[k - 1] - start[k - 1]], spec_prev], 1)
+            toks = embed(torch.tensor([(seq + drafts)[lo + k:L + k]]))
+            n_commit, total = commit_hi - lo, L - lo
+            if n_commit > 8:  # a long committed stretch (the prompt) goes through the chunked scan first
+                h[k] = torch.cat([h[k], model.mtp(k, prev[:, :n_commit], toks[:, :n_commit], caches[k])], 1)
+                prev, toks, lo, total, n_commit = prev[:, n_commit:], toks[:, n_commit:], commit_hi, L - commit_hi, 0
+            if total > 0:
+                caches[k].record(True)
+                out_k = model.mtp(k, prev, toks, caches[k])
+                caches[k].rollback(keep=n_commit, total=total)
+                h[k] = torch.cat([h[k], out_k[:, :n_commit]], 1)
+                spec_prev = out_k[:, n_commit:]
+            else:  # everything up to L - 1 was committed just above
+                spec_prev = prev
+            done[k] = commit_hi
+            last = spec_prev[:, -1] if spec_prev.size(1) else h[k][:, L - 1 - start[k]]
             drafts.append(int(model.lm_head(last).argmax()))
+        for k in range(D + 1):  # drop what no depth will read again
+            cut = max(0, (done[k + 1] if k < D else done[k]) - start[k])
+            h[k], start[k] = h[k][:, cut:], start[k] + cut
         stats.history.append((L, drafts))
         # 3. verify [seq[L], drafts...] in one forward, keeping every position's Mamba state
         block = torch.tensor([[seq[L], *drafts]])

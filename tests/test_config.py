@@ -73,3 +73,19 @@ def test_presets_in_configs_load():
     assert presets
     for p in presets:
         load_preset(TrainLMConfig, p).validate()
+
+
+def test_every_synthetic_task_verifies_its_own_answers_and_rejects_wrong_ones():
+    import random
+
+    from chimera.data.synthetic import TASKS, is_held_out, sample_split
+
+    for name, cls in TASKS.items():
+        task = cls()
+        rng = random.Random(0)
+        for _ in range(50):
+            ex = task.sample(rng)
+            assert task.verify(ex.prompt, ex.answer), (name, ex)
+            assert not task.verify(ex.prompt, ex.answer + "9"), (name, ex)
+        held = sample_split(task, random.Random(1), held_out=True)
+        assert is_held_out(held.prompt) and not is_held_out(sample_split(task, random.Random(1), False).prompt)

@@ -77,12 +77,15 @@ def test_bias_balancing_evens_out_expert_load_on_skewed_input():
     assert before > 3.0 and after < 1.25, (before, after)
 
 
-def test_sequence_aux_loss_is_minimal_when_balanced():
+def test_sequence_aux_loss_matches_hand_computed_values():
     cfg = get_config("tiny-moe").replace(moe_aux_loss_coeff=1.0, n_routed_experts=4, num_experts_per_tok=1)
     moe = MoE(cfg)
-    E, k, l = 4, 1, 8
-    idx = torch.arange(l).remainder(E).view(1, l, 1)  # each expert chosen l / E times
-    scores = torch.full((1, l, E), 0.5)
-    assert moe._sequence_aux_loss(scores, idx).item() == pytest.approx(1.0)  # sum_i (1)(1/E) * E / k
+    E, l = 4, 8
+    # balanced: token t picks expert t % 4 and scores it 0.9 (others 0.1): f_i = 1, P_i = 1/4 -> loss 1
+    idx = torch.arange(l).remainder(E).view(1, l, 1)
+    scores = torch.full((1, l, E), 0.1).scatter(2, idx, 0.9)
+    assert moe._sequence_aux_loss(scores, idx).item() == pytest.approx(1.0)
+    # collapsed: every token picks expert 0: f = (4, 0, 0, 0), P_0 = 0.9 / 1.2 -> loss 3
     skew = torch.zeros(1, l, 1, dtype=torch.long)
-    assert moe._sequence_aux_loss(scores, skew).item() == pytest.approx(E / k * 1 / E * E)
+    scores = torch.full((1, l, E), 0.1).scatter(2, skew, 0.9)
+    assert moe._sequence_aux_loss(scores, skew).item() == pytest.approx(3.0)

@@ -30,6 +30,8 @@ class Attention(nn.Module):
         if kv is not None:
             past = kv.length
             k, v = kv.append(k, v)  # (b, nkv, past + l, hd)
+        if l == 1 and self.nh != self.nkv:
+            return self.o_proj(self._decode_gqa(q, k, v, key_mask).reshape(b, 1, self.nh * self.hd))
         mask = None
         causal = False
         if key_mask is not None or (past > 0 and l > 1):
@@ -45,3 +47,14 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=self.nkv != self.nh)  # (b, nh, l, hd)
         return self.o_proj(y.transpose(1, 2).reshape(b, l, self.nh * self.hd))
+
+    def _decode_gqa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    key_mask: torch.Tensor | None) -> torch.Tensor:
+        """One query position: fold the query heads of each KV group into the query axis, so keys and
+        values are read once per group instead of being repeated per head. q (b, nh, 1, hd) -> (b, nh, hd)."""
+        b = q.size(0)
+        g = self.nh // self.nkv
+        qg = q.reshape(b, self.nkv, g, self.hd)  # heads h = kv * g + j share kv group `kv`
+        mask = None if key_mask is None else key_mask[:, None, None, :].bool()
+        y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # (b, nkv, g, hd)
+        return y.reshape(b, self.nh, self.hd)

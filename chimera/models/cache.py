@@ -18,8 +18,8 @@ from chimera.models.config import HybridConfig
 class MambaState:
     """Conv window (b, conv_dim, kernel-1) and SSM state (b, h, p, n), the latter in fp32.
 
-    With ``record`` set, a multi-token forward keeps the state after every position
-    (``ssm_history`` (l, b, h, p, n) and the full conv ``window``), so that speculative
+    With ``record`` set, a multi-token forward keeps the state before and after every position
+    (``ssm_history`` (l+1, b, h, p, n) and the full conv ``window``), so that speculative
     decoding can roll back to any accepted prefix exactly.
     """
 
@@ -30,10 +30,11 @@ class MambaState:
     ssm_history: torch.Tensor | None = None
 
     def rollback(self, keep: int) -> None:
-        """After a recorded forward, keep the state as it was after the first ``keep`` positions."""
+        """After a recorded forward, keep the state as it was after the first ``keep`` positions
+        (``ssm_history[0]`` is the state before the forward)."""
         k1 = self.conv.size(-1)
         self.conv = self.window[..., keep:keep + k1]
-        self.ssm = self.ssm_history[keep - 1]
+        self.ssm = self.ssm_history[keep]
         self.window = self.ssm_history = None
 
     def nbytes(self) -> int:

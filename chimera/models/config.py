@@ -309,6 +309,7 @@ SIZES: dict[str, Any] = {
         mamba_num_heads=8, mamba_head_dim=32, n_groups=2, ssm_state_size=32, chunk_size=64,
         n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=128,
         moe_shared_expert_intermediate_size=256, intermediate_size=512),
+    "small-mtp": lambda: SIZES["small-moe"]().replace(mtp_pattern="*E", mtp_depths=2),
     # Released shapes (for parameter counts on the meta device; weights come from checkpoints).
     "nemotron-h-8b": lambda: _released(
         pattern="M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-", hidden_size=4096,

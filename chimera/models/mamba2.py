@@ -94,15 +94,15 @@ class Mamba2Mixer(nn.Module):
         if state is not None and (l == 1 or state.record):
             # step by step: decoding, or a speculative verify that must keep every position's state
             B, C = B.view(b, l, self.g, self.n), C.view(b, l, self.g, self.n)
-            ys, history = [], []
             ssm = state.ssm
+            ys, history = [], [ssm]
             for t in range(l):
                 y_t, ssm = ssd_step(ssm, x[:, t], dt[:, t], A, B[:, t], C[:, t])
                 ys.append(y_t)
                 history.append(ssm)
             state.ssm = ssm
             if state.record:
-                state.ssm_history = torch.stack(history)  # (l, b, h, p, n)
+                state.ssm_history = torch.stack(history)  # (l + 1, b, h, p, n)
             y = torch.stack(ys, 1)
         else:
             init = None if state is None else state.ssm

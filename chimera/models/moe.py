@@ -48,6 +48,7 @@ class Experts(nn.Module):
         self.num_experts = num_experts
         self.up_proj = nn.Parameter(torch.empty(num_experts, intermediate, dim))
         self.down_proj = nn.Parameter(torch.empty(num_experts, dim, intermediate))
+        self.linear = F.linear  # replaced by low-precision recipes (chimera.precision.convert)
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x (N, dim), idx / w (N, k) -> sum_k w * expert_idx(x), (N, dim) in fp32."""
@@ -62,7 +63,7 @@ class Experts(nn.Module):
         for e, c in enumerate(counts):
             if c:
                 seg = xs[start:start + c]
-                outs.append(F.linear(relu2(F.linear(seg, self.up_proj[e])), self.down_proj[e]))
+                outs.append(self.linear(relu2(self.linear(seg, self.up_proj[e])), self.down_proj[e]))
                 start += c
         ys = torch.cat(outs).float() * w.reshape(-1)[order, None].float()
         return torch.zeros(N, x.size(1), dtype=torch.float32, device=x.device).index_add_(0, token, ys)

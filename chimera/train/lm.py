@@ -75,6 +75,8 @@ class TrainLMConfig:
     steps: int = 1000
     dtype: Literal["float32", "bfloat16"] = "float32"
     """bfloat16 runs the forward under autocast; weights and optimizer stay fp32."""
+    precision: Literal["none", "fp8", "nvfp4"] = "none"
+    """Low-precision recipe for the backbone's GEMMs (chimera.precision; emulated on CPU)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -148,6 +150,10 @@ def train(cfg: TrainLMConfig, resume: str | None = None, log=print) -> Run:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model).train()
+    if cfg.precision != "none":
+        from chimera.precision import FP8Recipe, NVFP4Recipe, convert
+
+        convert(model, FP8Recipe() if cfg.precision == "fp8" else NVFP4Recipe())
     opt = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))

@@ -1,0 +1,212 @@
+"""Decode speed and cache memory against context length: a Nemotron-H-like hybrid (~8% attention)
+vs a pure Transformer with the same parameter count vs the same hybrid run by transformers.
+
+For each context T in {1k, 4k, 16k, 32k} and batch {1, 8}, the cache is brought to length T and
+then ``--new-tokens`` tokens are decoded one at a time; we report tokens/s (batch x steps / s),
+the cache's bytes and the process's peak RSS (each measurement in its own subprocess).
+
+The cache is filled to length T with random keys / values rather than by a T-token prefill: the
+time of a decode step does not depend on the values, prefill speed is measured in
+bench/model_speed.py, and a 32k-token pure-PyTorch prefill of batch 8 would take most of an hour
+on two cores. Mamba states are constant-size and are prefilled for real on a short prompt.
+
+    python bench/decode_context.py            # full run -> results/decode_context.{json,png}
+    python bench/decode_context.py --quick    # contexts 256 / 1024, to check the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = dict(hidden_size=512, num_attention_heads=8, num_key_value_heads=2, head_dim=64, intermediate_size=1536,
+              mamba_num_heads=16, mamba_head_dim=64, n_groups=2, ssm_state_size=64, chunk_size=128, vocab_size=272)
+HYBRID = "M-M-M-M*-M-M-M-M-M*-M-M-"  # 24 layers, 2 attention (8.3%), as Nemotron-H-8B's 4 of 52
+
+
+def transformer_pattern(target_params: int) -> str:
+    """Alternating attention / MLP layers, as many pairs as match ``target_params``."""
+    from chimera.models import HybridConfig, count_parameters
+
+    best = "*-"
+    for pairs in range(1, 80):
+        pat = "*-" * pairs
+        if abs(count_parameters(HybridConfig(pattern=pat, **COMMON))["total"] - target_params) < abs(
+                count_parameters(HybridConfig(pattern=best, **COMMON))["total"] - target_params):
+            best = pat
+    return best
+
+
+def fill_ours(model, batch: int, context: int):
+    cache = model.new_cache(batch, kv_capacity=context + 64)
+    prompt = torch.randint(16, 272, (batch, 16))
+    model(prompt, cache=cache)
+    for s in cache.layers:
+        if hasattr(s, "append"):
+            extra = context - s.length
+            k = torch.randn(batch, s.k.size(1), extra, s.k.size(3))
+            s.append(k, torch.randn_like(k))
+    cache.seen = context
+    return cache
+
+
+def fill_hf(model, batch: int, context: int):
+    prompt = torch.randint(16, 272, (batch, 16))
+    out = model(prompt, use_cache=True, logits_to_keep=1)
+    cache = out.cache
+    cfg = model.config
+    for i, kind in enumerate(cfg.layers_block_type):
+        if kind == "full_attention":
+            k = torch.randn(batch, cfg.num_key_value_heads, context - 16, cfg.head_dim)
+            cache.update(k, torch.randn_like(k), i)
+    return cache
+
+
+def hf_cache_bytes(cache) -> int:
+    """Bytes of every tensor held by a transformers cache (KV, and Mamba conv / recurrent states in dicts)."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for v in vars(layer).values():
+            tensors = [v] if torch.is_tensor(v) else list(v.values()) if isinstance(v, dict) else []
+            total += sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+    return total
+
+
+@torch.no_grad()
+def measure(impl: str, path: Path, context: int, batch: int, new_tokens: int) -> dict:
+    torch.manual_seed(0)
+    if impl == "hf":
+        from transformers import NemotronHForCausalLM
+
+        model = NemotronHForCausalLM.from_pretrained(path).eval()
+        cache = fill_hf(model, batch, context)
+        step = lambda tok: model(tok, cache=cache, use_cache=True, logits_to_keep=1).logits  # noqa: E731
+        cache_bytes = lambda: hf_cache_bytes(cache)  # noqa: E731
+    else:
+        from chimera.models import HybridLM
+
+        model = HybridLM.from_pretrained(path).eval()
+        cache = fill_ours(model, batch, context)
+        step = lambda tok: model(tok, cache=cache, logits_to_keep=1).logits  # noqa: E731
+        cache_bytes = lambda: cache.nbytes()["total"]  # noqa: E731
+    tok = torch.randint(16, 272, (batch, 1))
+    step(tok)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        tok = step(tok)[:, -1].argmax(-1, keepdim=True)
+    dt = time.perf_counter() - t0
+    return {"impl": impl, "context": context, "batch": batch, "tokens_per_s": batch * new_tokens / dt,
+            "ms_per_step": 1000 * dt / new_tokens, "cache_mb": cache_bytes() / 2**20,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for impl, style in (("hybrid", "-o"), ("transformer", "--s"), ("hf-hybrid", ":^")):
+        for batch in sorted({r["batch"] for r in results}):
+            rows = sorted((r for r in results if r["model"] == impl and r["batch"] == batch),
+                          key=lambda r: r["context"])
+            if not rows:
+                continue
+            xs = [r["context"] for r in rows]
+            axes[0].plot(xs, [r["tokens_per_s"] for r in rows], style, label=f"{impl} b={batch}")
+            axes[1].plot(xs, [r["ms_per_step"] for r in rows], style, label=f"{impl} b={batch}")
+            axes[2].plot(xs, [r["cache_mb"] for r in rows], style, label=f"{impl} b={batch}")
+    for ax, title in zip(axes, ("decode tokens/s", "ms per decode step", "cache MB")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context tokens")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-hf", action="store_true", help="leave out the transformers run")
+    ap.add_argument("--out", default=str(ROOT / "results" / "decode_context.json"))
+    ap.add_argument("--child", nargs=4, metavar=("IMPL", "PATH", "CTX", "BATCH"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.child:
+        impl, path, ctx, batch = a.child
+        print(json.dumps(measure(impl, Path(path), int(ctx), int(batch), a.new_tokens)))
+        return
+    from chimera.models import HybridConfig, HybridLM, count_parameters
+
+    hybrid_cfg = HybridConfig(pattern=HYBRID, **COMMON)
+    n_hybrid = count_parameters(hybrid_cfg)["total"]
+    tf_cfg = HybridConfig(pattern=transformer_pattern(n_hybrid), **COMMON)
+    n_tf = count_parameters(tf_cfg)["total"]
+    print(f"hybrid {HYBRID} ({n_hybrid / 1e6:.1f}M params) vs transformer {tf_cfg.pattern} ({n_tf / 1e6:.1f}M)")
+    contexts = [256, 1024] if a.quick else [1024, 4096, 16384, 32768]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for name, cfg in (("hybrid", hybrid_cfg), ("transformer", tf_cfg)):
+            torch.manual_seed(0)
+            paths[name] = Path(tmp) / name
+            HybridLM(cfg).save_pretrained(paths[name])
+        runs = [("hybrid", "ours"), ("transformer", "ours")] + ([] if a.skip_hf else [("hf-hybrid", "hf")])
+        for batch in (1, 8):
+            for ctx in contexts:
+                for model, impl in runs:
+                    path = paths["hybrid" if model == "hf-hybrid" else model]
+                    cmd = [sys.executable, __file__, "--new-tokens", str(a.new_tokens), "--threads", str(a.threads),
+                           "--child", impl, str(path), str(ctx), str(batch)]
+                    out = subprocess.run(cmd, capture_output=True, text=True)
+                    if out.returncode != 0:
+                        print(f"{model} ctx {ctx} b {batch} failed: {out.stderr[-1500:]}")
+                        continue
+                    r = {"model": model, **json.loads(out.stdout.strip().splitlines()[-1])}
+                    results.append(r)
+                    print(f"b={batch} ctx={ctx:>6} {model:<12} {r['tokens_per_s']:>8.1f} tok/s "
+                          f"{r['ms_per_step']:>8.1f} ms/step  cache {r['cache_mb']:>8.1f} MB  "
+                          f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    summary = {}
+    for batch in (1, 8):
+        by = {(r["model"], r["context"]): r for r in results if r["batch"] == batch}
+
+        def ratio(a: str, b: str, by=by) -> dict[int, float]:
+            return {c: by[(a, c)]["tokens_per_s"] / by[(b, c)]["tokens_per_s"]
+                    for c in contexts if (a, c) in by and (b, c) in by}
+
+        summary[f"batch{batch}"] = {
+            "hybrid_over_transformer_speed": ratio("hybrid", "transformer"),
+            "hybrid_over_hf_speed": ratio("hybrid", "hf-hybrid"),
+            "hybrid_step_time_growth": (by[("hybrid", contexts[-1])]["ms_per_step"] /
+                                        by[("hybrid", contexts[0])]["ms_per_step"])
+            if ("hybrid", contexts[-1]) in by and ("hybrid", contexts[0]) in by else None,
+        }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"hybrid_pattern": HYBRID, "transformer_pattern": tf_cfg.pattern, "hybrid_params": n_hybrid,
+            "transformer_params": n_tf, "sizes": COMMON, "new_tokens": a.new_tokens, "threads": a.threads,
+            "torch": torch.__version__}
+    out.write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=2) + "\n")
+    plot(results, out.with_suffix(".png"))
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
