@@ -61,3 +61,25 @@ def test_train_then_generate_then_report(tmp_path, capsys):
 def test_generate_on_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["generate", str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_generate_with_thinking_budget_and_speculative_refusal(tmp_path, capsys):
+    from chimera.models import HybridLM, get_config
+
+    HybridLM(get_config("tiny")).save_pretrained(tmp_path / "m")
+    assert main(["generate", str(tmp_path / "m"), "--prompt", "hi", "--thinking-budget", "4",
+                 "--temperature", "1.0", "--max-new-tokens", "30", "--show-special"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("<think>") and "</think>" in out  # the budget closed the thinking segment
+    assert main(["generate", str(tmp_path / "m"), "--speculative"]) == 2
+    assert "has no MTP layers" in capsys.readouterr().err
+
+
+def test_tensorboard_logging_is_optional(tmp_path):
+    pytest.importorskip("tensorboard")
+    from chimera.runs import Run
+
+    run = Run.create(tmp_path, "tb", {}, tensorboard=True)
+    run.log(1, {"losses/train_loss": 1.0})
+    run.close()
+    assert list((run.path / "tb").iterdir())
