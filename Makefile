@@ -22,7 +22,7 @@ $(VENV)/.core: pyproject.toml $(VENV)/.torch
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.core
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,envs]"
 	touch $@
 
 demo: $(VENV)/.core

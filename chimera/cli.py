@@ -50,6 +50,34 @@ class ModelsArgs:
 
 
 @dataclass
+class EnvsArgs:
+    """List environment ids, or step one and print its steps/s: `chimera envs`, `chimera envs check ID`."""
+
+    action: Annotated[str, tyro.conf.Positional] = "list"
+    """list, or check"""
+    env_id: Annotated[str, tyro.conf.Positional] = ""
+    """The id to check, e.g. minihack/Room-5x5."""
+    family: str = ""
+    """With list: only this family (gym, mujoco, minihack, nethack)."""
+    steps: int = 2000
+    """With check: random-action steps to time."""
+
+
+@dataclass
+class EvalRLArgs:
+    """Play episodes with a trained agent and report return and success per environment."""
+
+    run_dir: Annotated[str, tyro.conf.Positional]
+    """A train-rl run folder."""
+    episodes: int = 10
+    seed: int = 10_000
+    greedy: bool = False
+    """Take the most likely action instead of sampling."""
+    render: bool = False
+    """Print the first episode as text in the terminal (NetHack / MiniHack and gym text modes)."""
+
+
+@dataclass
 class ReportArgs:
     """Plot a run's metrics to PNGs and print the last value of each metric."""
 
@@ -67,6 +95,69 @@ def cmd_train_lm(argv: list[str]) -> int:
                      "--resume RUN_DIR continues a run from its latest checkpoint with its saved config."),
         preset_flags=("--preset", "--resume"))
     train(cfg, resume=flags.get("--resume"))
+    return 0
+
+
+def cmd_train_rl(argv: list[str]) -> int:
+    from chimera.rl.train import TrainRLConfig, train_rl
+
+    cfg, flags = parse_cli(
+        TrainRLConfig, argv, prog="chimera train-rl",
+        description=("Train one agent on a mix of environments with PPO or ESPO (losses summed across "
+                     "environments). --preset PATH loads a JSON preset (configs/); later flags override it. "
+                     "--resume RUN_DIR continues from the latest checkpoint (episodes restart)."),
+        preset_flags=("--preset", "--resume"))
+    run = train_rl(cfg, resume=flags.get("--resume"))
+    from chimera.runs import read_metrics
+
+    rows = read_metrics(run.metrics_path)
+    print(f"\n{'environment':<32}{'return':>10}{'success':>10}")
+    for task in cfg.tasks:
+        ret = next((r[f"charts/episodic_return/{task}"] for r in reversed(rows)
+                    if f"charts/episodic_return/{task}" in r), float("nan"))
+        suc = next((r[f"charts/success/{task}"] for r in reversed(rows) if f"charts/success/{task}" in r),
+                   float("nan"))
+        print(f"{task:<32}{ret:>10.2f}{suc:>10.2f}")
+    print(f"plots in {run.path / 'plots'}")
+    return 0
+
+
+def cmd_eval_rl(argv: list[str]) -> int:
+    from chimera.rl.evaluate import evaluate_agent
+
+    args = tyro.cli(EvalRLArgs, args=argv, prog="chimera eval-rl")
+    results = evaluate_agent(args.run_dir, args.episodes, args.seed, args.greedy, args.render)
+    print(f"{'environment':<32}{'episodes':>9}{'return':>10}{'success':>10}")
+    for task, r in results.items():
+        print(f"{task:<32}{r['episodes']:>9}{r['return']:>10.2f}{r['success']:>10.2f}")
+    return 0
+
+
+def cmd_envs(argv: list[str]) -> int:
+    import time
+
+    from chimera.envs import list_ids, make
+
+    args = tyro.cli(EnvsArgs, args=argv, prog="chimera envs")
+    if args.action == "list":
+        for env_id in list_ids(args.family or None):
+            print(env_id)
+        return 0
+    if args.action != "check" or not args.env_id:
+        raise ConfigError("usage: chimera envs [list] | chimera envs check ENV_ID")
+    env = make(args.env_id)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    t0, episodes = time.perf_counter(), 0
+    for _ in range(args.steps):
+        _, _, term, trunc, _ = env.step(env.action_space.sample())
+        if term or trunc:
+            episodes += 1
+            env.reset()
+    dt = time.perf_counter() - t0
+    print(f"{args.env_id}: {args.steps / dt:,.0f} steps/s with random actions ({episodes} episodes), "
+          f"observation {env.observation_space}, actions {env.action_space}")
+    env.close()
     return 0
 
 
@@ -161,6 +252,9 @@ def _human(n: int) -> str:
 
 
 COMMANDS = {
+    "train-rl": (cmd_train_rl, "train one agent on a mix of environments with PPO or ESPO"),
+    "eval-rl": (cmd_eval_rl, "play episodes with a trained agent; return and success per environment"),
+    "envs": (cmd_envs, "list environment ids, or step one and print its steps/s"),
     "train-lm": (cmd_train_lm, "train a hybrid LM on synthetic reasoning tasks (presets in configs/)"),
     "generate": (cmd_generate, "generate text from a checkpoint directory, with or without thinking"),
     "models": (cmd_models, "list named model sizes and their parameter counts"),

@@ -38,3 +38,19 @@ def test_scan_split_in_two_carries_state():
     y2, s2 = ssd_chunked(x[:, 23:], dt[:, 23:], A, B[:, 23:], C[:, 23:], 16, s1)
     torch.testing.assert_close(torch.cat([y1, y2], 1), y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s2, final, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [4, 8, 64])
+def test_chunked_scan_with_resets_matches_recurrent_step(chunk):
+    x, dt, A, B, C = _inputs(l=37)
+    reset = torch.zeros(2, 37, dtype=torch.bool)
+    reset[0, [0, 5, 6, 20]] = True  # resets at a chunk start, twice in a row, mid-chunk
+    reset[1, [16, 33]] = True
+    s0 = torch.randn(2, 4, 8, 16)
+    y, final = ssd_chunked(x, dt, A, B, C, chunk, s0, reset)
+    state, ys = s0, []
+    for t in range(37):
+        y_t, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], reset[:, t])
+        ys.append(y_t)
+    torch.testing.assert_close(y, torch.stack(ys, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(final, state, atol=1e-5, rtol=1e-5)

@@ -40,11 +40,14 @@ class Block(nn.Module):
             self.mixer = MoE(cfg)
 
     def forward(self, x: torch.Tensor, state=None, mask: torch.Tensor | None = None,
-                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_mask: torch.Tensor | None = None, reset: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm(x)
         if self.kind == "M":
-            h = self.mixer(h, state, mask)
+            h = self.mixer(h, state, mask, reset)
         elif self.kind == "*":
+            if reset is not None:
+                raise ValueError("attention layers do not support episode resets; use M, - and E layers for "
+                                 "recurrent policies (Mamba layers carry the memory)")
             h = self.mixer(h, state, key_mask)
         else:
             h = self.mixer(h)
@@ -62,11 +65,13 @@ class HybridBackbone(nn.Module):
         self.norm_f = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                cache: HybridCache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                cache: HybridCache | None = None, attention_mask: torch.Tensor | None = None,
+                reset: torch.Tensor | None = None) -> torch.Tensor:
         """(b, l) token ids or (b, l, d) embeddings -> (b, l, d) final hidden states.
 
         ``attention_mask`` (b, l): 1 for real tokens, 0 for left padding. With a ``cache``, the
-        states continue from it and are updated in place.
+        states continue from it and are updated in place. ``reset`` (b, l) starts a new sequence
+        (an RL episode) at the marked positions.
         """
         x = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         b, l, _ = x.shape
@@ -76,7 +81,7 @@ class HybridBackbone(nn.Module):
             key_mask = cache.key_mask
         for i, layer in enumerate(self.layers):
             state = None if cache is None else cache.layers[i]
-            x = layer(x, state, attention_mask, key_mask)
+            x = layer(x, state, attention_mask, key_mask, reset)
         return self.norm_f(x)
 
 

@@ -51,8 +51,9 @@ class Mamba2Mixer(nn.Module):
                        + math.log(cfg.time_step_min)).clamp(min=cfg.time_step_floor)
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _conv(self, xbc: torch.Tensor, state: MambaState | None) -> torch.Tensor:
-        """Causal depthwise conv over time. xbc (b, l, c) -> (b, l, c); updates state.conv."""
+    def _conv(self, xbc: torch.Tensor, state: MambaState | None, reset: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal depthwise conv over time. xbc (b, l, c) -> (b, l, c); updates state.conv.
+        With ``reset`` (b, l), a window never reaches back across the start of a sequence."""
         k = self.cfg.conv_kernel
         xt = xbc.transpose(1, 2)  # (b, c, l)
         if state is None:
@@ -62,6 +63,17 @@ class Mamba2Mixer(nn.Module):
             state.conv = window[..., window.size(-1) - (k - 1):]
             if state.record:
                 state.window = window
+        if reset is not None:
+            R = torch.cumsum(reset.long(), dim=1)  # (b, l) sequence index of each position
+            Rw = F.pad(R, (k - 1, 0))  # positions before this call belong to sequence 0
+            keep = (Rw.unfold(1, k, 1) == R[..., None]).to(xt.dtype)  # (b, l, k)
+            taps = window.unfold(-1, k, 1) * keep[:, None]  # (b, c, l, k)
+            out = (taps * self.conv1d.weight[:, 0][:, None, :]).sum(-1)
+            if self.conv1d.bias is not None:
+                out = out + self.conv1d.bias[:, None]
+            if state is not None:  # the carried window must not hold inputs of a finished sequence
+                state.conv = state.conv * (Rw[:, Rw.size(1) - (k - 1):] == R[:, -1:]).to(xt.dtype)[:, None]
+            return F.silu(out).transpose(1, 2)
         if xt.size(-1) == 1:
             # one decoding step: a dot product per channel is far cheaper than a conv call
             out = (window * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)  # (b, c, 1)
@@ -72,11 +84,12 @@ class Mamba2Mixer(nn.Module):
         return F.silu(out).transpose(1, 2)
 
     def forward(self, hidden: torch.Tensor, state: MambaState | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, reset: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (b, l, d) -> (b, l, d). With ``state``, continue from it and update it in place.
 
         ``mask`` (b, l) marks real tokens; masked (left-padding) positions feed nothing into the
-        conv window or the SSM state.
+        conv window or the SSM state. ``reset`` (b, l) marks positions that start a new sequence
+        (an episode): conv windows and SSM state do not carry across them.
         """
         b, l, _ = hidden.shape
         zxbcdt = self.in_proj(hidden)
@@ -84,7 +97,7 @@ class Mamba2Mixer(nn.Module):
         if mask is not None:
             keep = mask[..., None].bool()
             xbc = torch.where(keep, xbc, torch.zeros_like(xbc))
-        xbc = self._conv(xbc, state)
+        xbc = self._conv(xbc, state, reset)
         if mask is not None:
             xbc = torch.where(keep, xbc, torch.zeros_like(xbc))
         x, B, C = xbc.split([self.d_inner, self.g * self.n, self.g * self.n], dim=-1)
@@ -97,7 +110,8 @@ class Mamba2Mixer(nn.Module):
             ssm = state.ssm
             ys, history = [], [ssm]
             for t in range(l):
-                y_t, ssm = ssd_step(ssm, x[:, t], dt[:, t], A, B[:, t], C[:, t])
+                y_t, ssm = ssd_step(ssm, x[:, t], dt[:, t], A, B[:, t], C[:, t],
+                                    None if reset is None else reset[:, t])
                 ys.append(y_t)
                 history.append(ssm)
             state.ssm = ssm
@@ -107,7 +121,7 @@ class Mamba2Mixer(nn.Module):
         else:
             init = None if state is None else state.ssm
             y, final = ssd_chunked(x, dt, A, B.view(b, l, self.g, self.n), C.view(b, l, self.g, self.n),
-                                   self.cfg.chunk_size, init)
+                                   self.cfg.chunk_size, init, reset)
             if state is not None:
                 state.ssm = final
         y = y + x.float() * self.D.float()[:, None]  # D skip

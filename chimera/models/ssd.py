@@ -41,8 +41,14 @@ def ssd_chunked(
     C: torch.Tensor,
     chunk_size: int,
     initial_state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked SSD scan. x (b,l,h,p), dt (b,l,h), A (h,), B/C (b,l,g,n) -> y (b,l,h,p), state (b,h,p,n)."""
+    """Chunked SSD scan. x (b,l,h,p), dt (b,l,h), A (h,), B/C (b,l,g,n) -> y (b,l,h,p), state (b,h,p,n).
+
+    ``reset`` (b, l) bool marks positions where a new sequence (episode) starts: the state carried
+    into such a position is dropped, exactly as if it had been zeroed there. Implemented by
+    masking every decay term whose span crosses a reset (positions compare their reset counts).
+    """
     b, l, h, p = x.shape
     x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
     B, C = _heads(B, h), _heads(C, h)  # (b, l, h, n)
@@ -58,25 +64,36 @@ def ssd_chunked(
     Adt = (dt * A.float()).view(b, c, L, h).permute(0, 3, 1, 2)  # (b, h, c, L)
     A_cs = torch.cumsum(Adt, dim=-1)
 
-    # 1. within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(sum A dt over (j, i]) x_j dt_j
     decay = torch.exp(segsum(Adt))  # (b, h, c, L, L)
+    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (b, h, c, L)
+    chunk_decay = torch.exp(segsum(F.pad(A_cs[..., -1], (1, 0))))  # (b, h, c+1, c+1)
+    decay_out = torch.exp(A_cs)  # (b, h, c, L)
+    if reset is not None:
+        rs = F.pad(reset.float(), (0, pad)).view(b, c, L)
+        R = torch.cumsum(rs.view(b, -1), dim=1).view(b, c, L)  # resets up to and including each position
+        R_start = R[..., :1] - rs[..., :1]  # resets before each chunk's first position
+        decay = decay * (R[..., :, None] == R[..., None, :])[:, None]
+        decay_to_end = decay_to_end * (R == R[..., -1:])[:, None]
+        decay_out = decay_out * (R == R_start)[:, None]
+        crossed = F.pad((R[..., -1] > R_start[..., 0]).float(), (1, 0)).cumsum(1)  # (b, c+1)
+        chunk_decay = chunk_decay * (crossed[:, :, None] == crossed[:, None, :])[:, None]
+
+    # 1. within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(sum A dt over (j, i]) x_j dt_j
     scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * decay  # (b, h, c, L, L)
     y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
 
     # 2. each chunk's contribution to the state at its end
-    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (b, h, c, L)
     chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_to_end, xdt)  # (b, c, h, p, n)
 
     # 3. recurrence over chunk boundaries, starting from the initial state
     if initial_state is None:
         initial_state = torch.zeros(b, h, p, B.size(-1), dtype=x.dtype, device=x.device)
     states = torch.cat([initial_state.float()[:, None], chunk_states], dim=1)  # (b, c+1, h, p, n)
-    chunk_decay = torch.exp(segsum(F.pad(A_cs[..., -1], (1, 0))))  # (b, h, c+1, c+1)
     states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
     states, final_state = states[:, :-1], states[:, -1]
 
     # 4. the state entering each chunk, read out by C and decayed to each position
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, torch.exp(A_cs))
+    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, decay_out)
     return y.reshape(b, c * L, h, p)[:, :l], final_state
 
 
@@ -87,9 +104,13 @@ def ssd_step(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
+    reset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recurrent step. state (b,h,p,n), x (b,h,p), dt (b,h), B/C (b,g,n) -> y (b,h,p), new state."""
+    """One recurrent step. state (b,h,p,n), x (b,h,p), dt (b,h), B/C (b,g,n) -> y (b,h,p), new state.
+    ``reset`` (b,) drops the incoming state of the rows where a new sequence starts."""
     h = x.size(1)
+    if reset is not None:
+        state = state * (~reset.bool()).float()[:, None, None, None]
     B, C = _heads(B.float(), h), _heads(C.float(), h)  # (b, h, n)
     dt = dt.float()
     dA = torch.exp(dt * A.float())  # (b, h)

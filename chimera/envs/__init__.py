@@ -1,0 +1,5 @@
+"""Environments by family id (gym/, mujoco/, minihack/, nethack/), NLE wrappers, vector envs."""
+
+from chimera.envs.registry import list_ids, make
+
+__all__ = ["list_ids", "make"]

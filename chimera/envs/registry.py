@@ -1,0 +1,133 @@
+"""Environment ids by family: ``gym/<Id>``, ``mujoco/<Id>``, ``minihack/<Task>``, ``nethack/<Task>``.
+
+``minihack/Room-Random-5x5`` is MiniHack's ``MiniHack-Room-Random-5x5-v0``; ``minihack/Custom``
+takes ``des_file=`` (a string, a path, or a MiniHack ``LevelGenerator``); ``nethack/NetHackScore``
+is NLE's ``NetHackScore-v0``. MiniHack's Boxoban and Crossing tasks are left out (see
+``_UNSUPPORTED``); MultiRoom needs the ``minigrid`` package (in the envs extra).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+FAMILIES = ("gym", "mujoco", "minihack", "nethack")
+NLE_DEFAULT_KEYS = ("glyphs", "blstats", "message")
+
+
+def _import_nle() -> None:
+    try:
+        import minihack  # noqa: F401  (registers MiniHack ids)
+        import nle  # noqa: F401  (registers NetHack ids)
+    except ImportError as e:
+        raise ImportError("NetHack / MiniHack environments need the envs extra: "
+                          "pip install -e '.[envs]'") from e
+
+
+def list_ids(family: str | None = None) -> list[str]:
+    """Every id ``make`` accepts (NLE families only when nle / minihack are installed)."""
+    ids = []
+    if family in (None, "gym"):
+        ids += [f"gym/{k.removesuffix('-v1').removesuffix('-v0')}" for k in
+                ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "LunarLander-v3")
+                if k in gym.registry and not k.startswith("LunarLander")]
+    if family in (None, "mujoco"):
+        ids += [f"mujoco/{k}" for k in ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid")]
+    if family in (None, "minihack", "nethack"):
+        try:
+            _import_nle()
+        except ImportError:
+            return ids
+        if family in (None, "minihack"):
+            ids += sorted(f"minihack/{k.removeprefix('MiniHack-').removesuffix('-v0')}"
+                          for k in gym.registry if k.startswith("MiniHack-") and not _unsupported(k))
+            ids.append("minihack/Custom")
+        if family in (None, "nethack"):
+            ids += sorted(f"nethack/{k.removesuffix('-v0')}" for k in gym.registry if k.startswith("NetHack"))
+    return ids
+
+
+# MiniHack tasks this setup cannot build: Boxoban levels are a separate download, and the ports of
+# MiniGrid's Crossing tasks pass width/height that minigrid 3 refuses (an upstream mismatch).
+_UNSUPPORTED = {"Boxoban": "its levels are a separate download (minihack/scripts/download_boxoban_levels.py)",
+                "Crossing": "minihack 1.0.2's port fails with minigrid 3 (upstream incompatibility)"}
+
+
+def _unsupported(gym_id: str) -> str | None:
+    if "Custom" in gym_id:
+        return "listed as minihack/Custom"
+    return next((why for key, why in _UNSUPPORTED.items() if key in gym_id), None)
+
+
+def _gym_id(name: str) -> str:
+    if name in gym.registry:
+        return name
+    versions = sorted(k for k in gym.registry if k.split("-v")[0] == name)
+    if not versions:
+        raise KeyError(name)
+    return versions[-1]
+
+
+def _unknown(env_id: str, family: str) -> ValueError:
+    close = difflib.get_close_matches(env_id, list_ids(family), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `chimera envs` lists the known ids"
+    return ValueError(f"unknown environment id {env_id!r}{hint}")
+
+
+def _nle_env(gym_id: str, kwargs: dict[str, Any]) -> gym.Env:
+    """Construct an NLE / MiniHack env from its entry point so that max_episode_steps reaches it."""
+    spec = gym.spec(gym_id)
+    module, _, cls = spec.entry_point.partition(":")
+    env_cls = getattr(importlib.import_module(module), cls)
+    return env_cls(**{**spec.kwargs, **kwargs})
+
+
+def make(env_id: str, **kwargs: Any) -> gym.Env:
+    """A gymnasium env for a chimera id (see module docstring). NLE families accept
+    ``max_episode_steps``, ``observation_keys`` and ``crop_size`` (an egocentric glyph crop)."""
+    family, _, name = env_id.partition("/")
+    if family not in FAMILIES or not name:
+        raise ValueError(f"environment id {env_id!r} must look like FAMILY/NAME with FAMILY one of "
+                         f"{', '.join(FAMILIES)} (e.g. gym/CartPole, minihack/Room-5x5)")
+    if family in ("gym", "mujoco"):
+        try:
+            gid = _gym_id(name)
+        except KeyError:
+            raise _unknown(env_id, family) from None
+        if family == "mujoco":
+            try:
+                import mujoco  # noqa: F401
+            except ImportError as e:
+                raise ImportError("MuJoCo environments need the envs extra: pip install -e '.[envs]'") from e
+        return gym.make(gid, **kwargs)
+
+    _import_nle()
+    from chimera.envs.nle import NLEWrapper, capture_fds, check_des_output
+
+    crop = kwargs.pop("crop_size", 0)
+    kwargs.setdefault("observation_keys", NLE_DEFAULT_KEYS)
+    if family == "minihack" and name == "Custom":
+        des = kwargs.pop("des_file", None)
+        if des is None:
+            raise ValueError("minihack/Custom needs des_file= (a des-file string, a path, or a LevelGenerator)")
+        if hasattr(des, "get_des"):
+            des = des.get_des()
+        elif isinstance(des, Path) or (isinstance(des, str) and "\n" not in des and Path(des).exists()):
+            des = Path(des).read_text()
+        with capture_fds() as out:
+            env = _nle_env("MiniHack-Navigation-Custom-v0", {**kwargs, "des_file": des})
+        check_des_output(out[0], des)
+        return NLEWrapper(env, crop)
+    prefix = "MiniHack-" if family == "minihack" else ""
+    try:
+        gid = _gym_id(prefix + name)
+    except KeyError:
+        raise _unknown(env_id, family) from None
+    why = _unsupported(gid) if family == "minihack" else None
+    if why:
+        raise ValueError(f"{env_id} is not supported here: {why}")
+    return NLEWrapper(_nle_env(gid, kwargs), crop)

@@ -1,0 +1,320 @@
+"""Multi-environment on-policy training: one agent, many environments, PPO-clip or ESPO.
+
+Each iteration collects ``num_steps`` steps from every task's vector env, computes GAE (with
+truncated episodes bootstrapped from their final observation), then runs minibatch epochs over
+whole per-env sequences (recurrent cores replay them from the state stored at the rollout's
+start). The losses of all tasks are summed (unitary scalarization).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from chimera.config import to_dict
+from chimera.envs import make
+from chimera.envs.vector import InProcessVectorEnv
+from chimera.rl.agent import Agent, AgentConfig
+from chimera.rl.ppo import explained_variance, gae, policy_loss, value_loss
+from chimera.runs import Run, plot_metrics, rng_state, seed_everything, set_rng_state
+
+
+@dataclass
+class PPOConfig:
+    algo: Literal["ppo", "espo"] = "ppo"
+    """ppo: clipped surrogate, fixed epochs; espo: unclipped surrogate, epochs stop at drift delta."""
+    lr: float = 2.5e-4
+    anneal_lr: bool = True
+    num_steps: int = 128
+    """Steps per env per iteration."""
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    minibatches: int = 4
+    """Minibatches per epoch, split across envs (whole sequences)."""
+    epochs: int = 4
+    """PPO epochs; ESPO's cap is espo_max_epochs."""
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    norm_adv: bool = True
+    target_kl: float = 0.0
+    """PPO: stop the epochs when the approximate KL exceeds this (0: off)."""
+    espo_delta: float = 0.25
+    """ESPO: stop the epochs once mean |ratio - 1| over the batch exceeds this."""
+    espo_max_epochs: int = 16
+
+
+@dataclass
+class RLRunConfig:
+    name: str = "rl"
+    out_dir: str = "runs"
+    seed: int = 1
+    log_every: int = 1
+    """Iterations between log lines."""
+    ckpt_every: int = 20
+    keep_checkpoints: int = 3
+    tensorboard: bool = False
+    threads: int = 0
+
+
+@dataclass
+class TrainRLConfig:
+    """Train one agent on a mix of environments with PPO or ESPO."""
+
+    tasks: tuple[str, ...] = ("gym/CartPole",)
+    """Environment ids (chimera envs); several make a multi-environment run."""
+    num_envs: int = 8
+    """Envs per task, stepped in one process."""
+    total_steps: int = 100_000
+    """Environment steps over all tasks."""
+    max_episode_steps: int = 0
+    """NLE / MiniHack step limit (0: the environment's default)."""
+    crop_size: int = 9
+    """NLE egocentric glyph crop (0: full map only)."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    run: RLRunConfig = field(default_factory=RLRunConfig)
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks is empty; give at least one environment id (chimera envs lists them)")
+        if self.num_envs % self.ppo.minibatches:
+            raise ValueError(f"num_envs={self.num_envs} is not divisible by ppo.minibatches={self.ppo.minibatches}")
+        for t in self.tasks:
+            if "/" not in t:
+                raise ValueError(f"task {t!r} must be a chimera id such as gym/CartPole or minihack/Room-5x5")
+
+
+def env_kwargs(task: str, cfg: TrainRLConfig) -> dict[str, Any]:
+    if task.startswith(("minihack/", "nethack/")):
+        kw: dict[str, Any] = {"observation_keys": ("glyphs", "blstats")}
+        if cfg.crop_size:
+            kw["crop_size"] = cfg.crop_size
+        if cfg.max_episode_steps:
+            kw["max_episode_steps"] = cfg.max_episode_steps
+        return kw
+    return {}
+
+
+def to_tensor(obs: Any) -> Any:
+    if isinstance(obs, dict):
+        return {k: torch.as_tensor(v) for k, v in obs.items()}
+    return torch.as_tensor(obs, dtype=torch.float32)
+
+
+def index_obs(obs: Any, idx) -> Any:
+    return {k: v[idx] for k, v in obs.items()} if isinstance(obs, dict) else obs[idx]
+
+
+class Rollout:
+    """Preallocated (T, n, ...) buffers for one task."""
+
+    def __init__(self, T: int, n: int, obs: Any):
+        def buf(x):
+            return torch.zeros((T, *x.shape), dtype=x.dtype)
+
+        self.obs = {k: buf(v) for k, v in obs.items()} if isinstance(obs, dict) else buf(obs)
+        self.actions: torch.Tensor | None = None
+        self.logp = torch.zeros(T, n)
+        self.values = torch.zeros(T, n)
+        self.rewards = torch.zeros(T, n)
+        self.dones = torch.zeros(T, n, dtype=torch.bool)
+        self.starts = torch.zeros(T, n, dtype=torch.bool)
+
+    def put_obs(self, t: int, obs: Any) -> None:
+        if isinstance(obs, dict):
+            for k, v in obs.items():
+                self.obs[k][t] = v
+        else:
+            self.obs[t] = obs
+
+
+def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
+    """Run (or resume) a PPO / ESPO training run; returns the run directory handle."""
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    seed_everything(cfg.run.seed)
+    venvs = {t: InProcessVectorEnv(lambda t=t: make(t, **env_kwargs(t, cfg)), cfg.num_envs, cfg.run.seed + 1000 * i)
+             for i, t in enumerate(cfg.tasks)}
+    agent = Agent({t: (v.observation_space, v.action_space) for t, v in venvs.items()}, cfg.agent)
+    opt = torch.optim.Adam(agent.parameters(), lr=cfg.ppo.lr, eps=1e-5)
+    T, n = cfg.ppo.num_steps, cfg.num_envs
+    iterations = max(1, cfg.total_steps // (T * n * len(cfg.tasks)))
+    run_kw = dict(keep_checkpoints=cfg.run.keep_checkpoints, tensorboard=cfg.run.tensorboard)
+    start_it, global_step = 0, 0
+    if resume:
+        run = Run.open(resume, **run_kw)
+        ckpt = run.checkpoints.load_latest()
+        if ckpt is not None:
+            agent.load_state_dict(ckpt["agent"])
+            opt.load_state_dict(ckpt["optimizer"])
+            set_rng_state(ckpt["rng"])
+            start_it, global_step = ckpt["step"], ckpt["global_step"]
+            log(f"resumed {run.path} at iteration {start_it} ({global_step} steps); episodes restart")
+        run.truncate_metrics(global_step)
+    else:
+        run = Run.create(cfg.run.out_dir, cfg.run.name, to_dict(cfg), **run_kw)
+    log(f"run {run.path}: {cfg.ppo.algo} on {', '.join(cfg.tasks)} ({n} envs each), core {cfg.agent.core} "
+        f"{cfg.agent.pattern if cfg.agent.core == 'hybrid' else ''}, {iterations} iterations")
+    state = {t: agent.initial_state(n) for t in cfg.tasks}
+    starts = {t: torch.ones(n, dtype=torch.bool) for t in cfg.tasks}
+    recent: dict[str, dict[str, list[float]]] = {t: {"return": [], "success": []} for t in cfg.tasks}
+    t_start = time.time()
+    for it in range(start_it, iterations):
+        t0 = time.time()
+        if cfg.ppo.anneal_lr:
+            opt.param_groups[0]["lr"] = cfg.ppo.lr * (1 - it / iterations)
+        rollouts, state0, last_values = {}, {}, {}
+        agent.eval()
+        with torch.no_grad():
+            for task, venv in venvs.items():
+                obs = to_tensor(venv.obs)
+                ro = Rollout(T, n, obs)
+                state0[task] = agent.clone_state(state[task])
+                for t in range(T):
+                    ro.put_obs(t, obs)
+                    ro.starts[t] = starts[task]
+                    dist, value, state[task] = agent.step(task, obs, state[task], starts[task])
+                    action = dist.sample()
+                    if ro.actions is None:
+                        ro.actions = torch.zeros((T, *action.shape), dtype=action.dtype)
+                    ro.actions[t], ro.logp[t], ro.values[t] = action, dist.log_prob(action), value
+                    next_obs, rew, term, trunc, finals = venv.step(action.numpy())
+                    rew = torch.as_tensor(rew, dtype=torch.float32)
+                    cut = [i for i in range(n) if trunc[i] and not term[i]]
+                    if cut:  # bootstrap truncated episodes from the value of their final observation
+                        idx = torch.tensor(cut)
+                        fin = to_tensor(np.stack([finals[i] for i in cut]) if not isinstance(finals[cut[0]], dict)
+                                        else {k: np.stack([finals[i][k] for i in cut]) for k in finals[cut[0]]})
+                        side = agent.clone_state(agent.select_state(state[task], idx))
+                        _, v_final, _ = agent.step(task, fin, side, torch.zeros(len(cut), dtype=torch.bool))
+                        rew[idx] += cfg.ppo.gamma * v_final
+                    ro.rewards[t] = rew
+                    ro.dones[t] = torch.as_tensor(term | trunc)
+                    starts[task] = ro.dones[t].clone()
+                    obs = to_tensor(next_obs)
+                _, last_values[task], _ = agent.step(task, obs, agent.clone_state(state[task]), starts[task])
+                rollouts[task] = ro
+                rets, _, succ = venv.stats.drain()
+                recent[task]["return"] = (recent[task]["return"] + rets)[-100:]
+                recent[task]["success"] = (recent[task]["success"] + succ)[-100:]
+        global_step += T * n * len(cfg.tasks)
+        adv, ret = {}, {}
+        for task, ro in rollouts.items():
+            adv[task], ret[task] = gae(ro.rewards, ro.values, ro.dones, last_values[task], cfg.ppo.gamma,
+                                       cfg.ppo.gae_lambda)
+        metrics = update(agent, opt, rollouts, state0, adv, ret, cfg.ppo)
+        sps = T * n * len(cfg.tasks) / (time.time() - t0)
+        metrics["charts/SPS"] = sps
+        metrics["charts/learning_rate"] = opt.param_groups[0]["lr"]
+        for task in cfg.tasks:
+            if recent[task]["return"]:
+                metrics[f"charts/episodic_return/{task}"] = float(np.mean(recent[task]["return"]))
+                succ = [s for s in recent[task]["success"] if not math.isnan(s)]
+                if succ:
+                    metrics[f"charts/success/{task}"] = float(np.mean(succ))
+        if (it + 1) % cfg.run.log_every == 0 or it + 1 == iterations:
+            run.log(global_step, metrics)
+            eta = (iterations - it - 1) * (time.time() - t_start) / max(1, it + 1 - start_it)
+            per_task = "  ".join(
+                f"{task.split('/')[-1]} R {metrics.get(f'charts/episodic_return/{task}', float('nan')):.2f}"
+                + (f" S {metrics[f'charts/success/{task}']:.2f}" if f"charts/success/{task}" in metrics else "")
+                for task in cfg.tasks)
+            log(f"iter {it + 1:>5}/{iterations}  step {global_step:>8}  {sps:,.0f} sps  {per_task}  "
+                f"epochs {metrics['losses/epochs_used']:.0f}  |r-1| {metrics['losses/ratio_dev_mean']:.3f}  "
+                f"eta {eta / 60:.1f} min")
+        if (it + 1) % cfg.run.ckpt_every == 0 or it + 1 == iterations:
+            run.checkpoints.save(it + 1, {"agent": agent.state_dict(), "optimizer": opt.state_dict(),
+                                          "rng": rng_state(), "global_step": global_step, "config": to_dict(cfg)})
+    plots = plot_metrics(run.metrics_path, run.path / "plots")
+    log(f"plots: {', '.join(str(p) for p in plots)}")
+    for v in venvs.values():
+        v.close()
+    run.close()
+    return run
+
+
+def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout], state0: dict[str, Any],
+           adv: dict[str, torch.Tensor], ret: dict[str, torch.Tensor], p: PPOConfig) -> dict[str, float]:
+    """Minibatch epochs over whole env sequences; task losses summed. Returns CleanRL-named diagnostics."""
+    agent.train()
+    n = next(iter(rollouts.values())).values.size(1)
+    max_epochs = p.espo_max_epochs if p.algo == "espo" else p.epochs
+    stats: dict[str, list[float]] = {k: [] for k in ("pg", "v", "ent", "kl", "clipfrac", "dev")}
+    dev_max, epochs_used = 0.0, 0
+    for _epoch in range(max_epochs):
+        epochs_used += 1
+        perm = torch.randperm(n)
+        epoch_dev = []
+        for mb in perm.chunk(p.minibatches):
+            total = 0.0
+            for task, ro in rollouts.items():
+                obs = index_obs(ro.obs, (slice(None), mb))
+                dist, values = agent.evaluate(task, obs, agent.select_state(agent.clone_state(state0[task]), mb),
+                                              ro.starts[:, mb])
+                a = ro.actions[:, mb].flatten(0, 1)
+                logp = dist.log_prob(a)
+                old_logp = ro.logp[:, mb].flatten()
+                ratio = (logp - old_logp).exp()
+                A = adv[task][:, mb].flatten()
+                if p.norm_adv and A.numel() > 1:
+                    A = (A - A.mean()) / (A.std() + 1e-8)
+                pg = policy_loss(ratio, A, p.algo, p.clip_coef)
+                vl = value_loss(values.flatten(), ro.values[:, mb].flatten(), ret[task][:, mb].flatten(),
+                                p.clip_coef if p.clip_vloss else None)
+                ent = dist.entropy().mean()
+                total = total + pg + p.vf_coef * vl - p.ent_coef * ent
+                with torch.no_grad():
+                    log_r = logp - old_logp
+                    dev = (ratio - 1).abs()
+                    stats["pg"].append(pg.item())
+                    stats["v"].append(vl.item())
+                    stats["ent"].append(ent.item())
+                    stats["kl"].append(((ratio - 1) - log_r).mean().item())
+                    stats["clipfrac"].append(((ratio - 1).abs() > p.clip_coef).float().mean().item())
+                    epoch_dev.append(dev.mean().item())
+                    dev_max = max(dev_max, dev.max().item())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), p.max_grad_norm)
+            opt.step()
+        stats["dev"] += epoch_dev
+        if p.algo == "espo" and float(np.mean(epoch_dev)) > p.espo_delta:
+            break
+        if p.algo == "ppo" and p.target_kl > 0 and float(np.mean(stats["kl"][-len(epoch_dev):])) > p.target_kl:
+            break
+    y_pred = torch.cat([ro.values.flatten() for ro in rollouts.values()])
+    y_true = torch.cat([r.flatten() for r in ret.values()])
+    return {"losses/policy_loss": float(np.mean(stats["pg"])), "losses/value_loss": float(np.mean(stats["v"])),
+            "losses/entropy": float(np.mean(stats["ent"])), "losses/approx_kl": float(np.mean(stats["kl"])),
+            "losses/clipfrac": float(np.mean(stats["clipfrac"])),
+            "losses/explained_variance": explained_variance(y_pred, y_true),
+            "losses/ratio_dev_mean": float(np.mean(stats["dev"])), "losses/ratio_dev_max": dev_max,
+            "losses/epochs_used": float(epochs_used)}
+
+
+def load_agent(run_dir: str | Path) -> tuple[Agent, TrainRLConfig]:
+    """The latest checkpointed agent of a run, with the run's config."""
+    from chimera.config import load_preset
+
+    run_dir = Path(run_dir)
+    cfg = load_preset(TrainRLConfig, run_dir / "config.json")
+    ckpt = Run.open(run_dir).checkpoints.load_latest()
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir}/checkpoints has no loadable checkpoint")
+    spaces = {}
+    for t in cfg.tasks:
+        env = make(t, **env_kwargs(t, cfg))
+        spaces[t] = (env.observation_space, env.action_space)
+        env.close()
+    agent = Agent(spaces, cfg.agent)
+    agent.load_state_dict(ckpt["agent"])
+    return agent.eval(), cfg

@@ -1,0 +1,90 @@
+"""ESPO vs PPO-clip on classic-control tasks, several seeds: learning curves, final returns, and the
+mean |ratio - 1| per iteration (the drift ESPO watches). CartPole-v1 also checks the target of
+a mean return >= 475 within 200k steps for both algorithms.
+
+    python experiments/espo_vs_ppo_rl.py                                   # CartPole + Acrobot, 3 seeds
+    python experiments/espo_vs_ppo_rl.py --tasks gym/CartPole --seeds 1 --steps 20000
+Writes results/espo_vs_ppo_rl.json and results/espo_vs_ppo_rl.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from chimera.rl.agent import AgentConfig
+from chimera.rl.train import PPOConfig, RLRunConfig, TrainRLConfig, train_rl
+from chimera.runs import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=["gym/CartPole", "gym/Acrobot"])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=200_000)
+    ap.add_argument("--core", default="mlp", choices=["mlp", "lstm", "hybrid"])
+    ap.add_argument("--out", default=str(ROOT / "results" / "espo_vs_ppo_rl.json"))
+    a = ap.parse_args()
+    results: dict = {}
+    for task in a.tasks:
+        for algo in ("ppo", "espo"):
+            for seed in range(1, a.seeds + 1):
+                cfg = TrainRLConfig(tasks=(task,), num_envs=8, total_steps=a.steps,
+                                    ppo=PPOConfig(algo=algo, num_steps=128, minibatches=4, lr=2.5e-4),
+                                    agent=AgentConfig(core=a.core, hidden=64),
+                                    run=RLRunConfig(name=f"{algo}-{task.split('/')[-1]}-s{seed}", seed=seed,
+                                                    out_dir=str(ROOT / "runs"), log_every=1, ckpt_every=1000))
+                run = train_rl(cfg, log=lambda *_: None)
+                rows = read_metrics(run.metrics_path)
+                key = f"charts/episodic_return/{task}"
+                curve = [(r["step"], r[key]) for r in rows if key in r]
+                first_475 = next((s for s, v in curve if v >= 475), None)
+                results.setdefault(task, {}).setdefault(algo, []).append({
+                    "seed": seed, "run": str(run.path), "curve": curve,
+                    "final_return": curve[-1][1] if curve else float("nan"),
+                    "first_step_mean_return_ge_475": first_475,
+                    "ratio_dev_mean": [r["losses/ratio_dev_mean"] for r in rows],
+                    "epochs_used": [r["losses/epochs_used"] for r in rows]})
+                print(f"{task} {algo} seed {seed}: final mean return {results[task][algo][-1]['final_return']:.1f}"
+                      f" (>=475 first at {first_475})", flush=True)
+    summary = {task: {algo: {"final_return_mean": float(np.mean([r["final_return"] for r in runs])),
+                             "final_return_std": float(np.std([r["final_return"] for r in runs])),
+                             "mean_ratio_dev": float(np.mean([np.mean(r["ratio_dev_mean"]) for r in runs])),
+                             "mean_epochs_used": float(np.mean([np.mean(r["epochs_used"]) for r in runs])),
+                             "seeds_reaching_475": sum(r["first_step_mean_return_ge_475"] is not None for r in runs)}
+                      for algo, runs in algos.items()} for task, algos in results.items()}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"steps": a.steps, "core": a.core, "summary": summary, "runs": results}, indent=1) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(results), figsize=(5 * len(results), 7), squeeze=False)
+    for j, (task, algos) in enumerate(results.items()):
+        for algo, runs in algos.items():
+            color = "tab:blue" if algo == "ppo" else "tab:orange"
+            for i, r in enumerate(runs):
+                xs = [p[0] for p in r["curve"]]
+                axes[0][j].plot(xs, [p[1] for p in r["curve"]], color=color, alpha=0.7, label=algo if i == 0 else None)
+                axes[1][j].plot(r["ratio_dev_mean"], color=color, alpha=0.7, label=algo if i == 0 else None)
+        axes[0][j].set_title(f"{task}: mean episodic return")
+        axes[0][j].set_xlabel("env steps")
+        axes[1][j].set_title("mean |ratio - 1| per iteration")
+        axes[1][j].set_xlabel("iteration")
+        for ax in axes[:, j]:
+            ax.legend()
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=100)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
