@@ -34,6 +34,9 @@ class AgentConfig:
     """Hybrid core layer pattern (M Mamba-2, - MLP, E MoE; attention is not used across episodes)."""
     experts: int = 4
     """MoE experts in E layers (top-2, shared expert)."""
+    separate_critic: bool = True
+    """The critic has its own encoder and reads the core's features without training them, so the
+    value regression does not swamp the policy's features (SB3 / CleanRL use separate networks)."""
 
 
 class VectorEncoder(nn.Module):
@@ -76,9 +79,10 @@ def make_encoder(space: gym.Space, hidden: int) -> nn.Module:
 
 
 class PolicyHead(nn.Module):
-    """Categorical logits for Discrete actions, a diagonal Gaussian for Box actions; and a value."""
+    """Categorical logits for Discrete actions, a diagonal Gaussian for Box actions; and a value
+    from the core features (and, with a separate critic, the critic's own encoding)."""
 
-    def __init__(self, space: gym.Space, hidden: int):
+    def __init__(self, space: gym.Space, hidden: int, critic_in: int | None = None):
         super().__init__()
         self.discrete = isinstance(space, gym.spaces.Discrete)
         n = space.n if self.discrete else int(np.prod(space.shape))
@@ -87,14 +91,15 @@ class PolicyHead(nn.Module):
         nn.init.zeros_(self.actor.bias)
         if not self.discrete:
             self.log_std = nn.Parameter(torch.zeros(n))
-        self.critic = nn.Linear(hidden, 1)
+        self.critic = nn.Linear(critic_in or hidden, 1)
         nn.init.orthogonal_(self.critic.weight, 1.0)
         nn.init.zeros_(self.critic.bias)
 
-    def forward(self, h: torch.Tensor):
+    def forward(self, h: torch.Tensor, hv: torch.Tensor | None = None):
         out = self.actor(h)
         dist = Categorical(logits=out) if self.discrete else Independent(Normal(out, self.log_std.exp()), 1)
-        return dist, self.critic(h).squeeze(-1)
+        value_in = h if hv is None else torch.cat([h.detach(), hv], -1)
+        return dist, self.critic(value_in).squeeze(-1)
 
 
 class Agent(nn.Module):
@@ -104,7 +109,10 @@ class Agent(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoders = nn.ModuleDict({k: make_encoder(o, cfg.hidden) for k, (o, _) in tasks.items()})
-        self.heads = nn.ModuleDict({k: PolicyHead(a, cfg.hidden) for k, (_, a) in tasks.items()})
+        critic_in = 2 * cfg.hidden if cfg.separate_critic else None
+        self.heads = nn.ModuleDict({k: PolicyHead(a, cfg.hidden, critic_in) for k, (_, a) in tasks.items()})
+        self.critic_encoders = nn.ModuleDict(
+            {k: make_encoder(o, cfg.hidden) for k, (o, _) in tasks.items()} if cfg.separate_critic else {})
         if cfg.core == "lstm":
             self.core: nn.Module = nn.LSTM(cfg.hidden, cfg.hidden)
         elif cfg.core == "hybrid":
@@ -163,10 +171,13 @@ class Agent(nn.Module):
         y = self.core(inputs_embeds=x.transpose(0, 1), cache=state, reset=starts.t())
         return y.transpose(0, 1), state
 
+    def critic_features(self, task: str, obs: Any) -> torch.Tensor | None:
+        return self.critic_encoders[task](obs) if self.cfg.separate_critic else None
+
     def step(self, task: str, obs: Any, state: Any, starts: torch.Tensor):
         """One environment step for n envs: -> (dist, value, new state)."""
         h, state = self.core_seq(self.encode(task, obs)[None], state, starts[None])
-        dist, value = self.heads[task](h[0])
+        dist, value = self.heads[task](h[0], self.critic_features(task, obs))
         return dist, value, state
 
     def evaluate(self, task: str, obs_seq: Any, state: Any, starts: torch.Tensor):
@@ -175,7 +186,7 @@ class Agent(nn.Module):
         flat = {k: v.flatten(0, 1) for k, v in obs_seq.items()} if isinstance(obs_seq, dict) else obs_seq.flatten(0, 1)
         x = self.encode(task, flat).view(T, n, -1)
         h, _ = self.core_seq(x, state, starts)
-        dist, value = self.heads[task](h.flatten(0, 1))
+        dist, value = self.heads[task](h.flatten(0, 1), self.critic_features(task, flat))
         return dist, value.view(T, n)
 
 
