@@ -28,13 +28,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=200_000)
     ap.add_argument("--core", default="mlp", choices=["mlp", "lstm", "hybrid"])
+    ap.add_argument("--num-envs", type=int, default=4, help="CleanRL's CartPole setting: 4 envs x 128 steps")
     ap.add_argument("--out", default=str(ROOT / "results" / "espo_vs_ppo_rl.json"))
     a = ap.parse_args()
     results: dict = {}
     for task in a.tasks:
         for algo in ("ppo", "espo"):
             for seed in range(1, a.seeds + 1):
-                cfg = TrainRLConfig(tasks=(task,), num_envs=8, total_steps=a.steps,
+                cfg = TrainRLConfig(tasks=(task,), num_envs=a.num_envs, total_steps=a.steps,
                                     ppo=PPOConfig(algo=algo, num_steps=128, minibatches=4, lr=2.5e-4),
                                     agent=AgentConfig(core=a.core, hidden=64),
                                     run=RLRunConfig(name=f"{algo}-{task.split('/')[-1]}-s{seed}", seed=seed,

@@ -69,10 +69,12 @@ def test_preset_wrong_type_names_key_value_and_expected():
 def test_presets_in_configs_load():
     from pathlib import Path
 
+    from chimera.rl.train import TrainRLConfig
+
     presets = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.json"))
     assert presets
     for p in presets:
-        load_preset(TrainLMConfig, p).validate()
+        load_preset(TrainRLConfig if p.name.startswith("rl-") else TrainLMConfig, p).validate()
 
 
 def test_every_synthetic_task_verifies_its_own_answers_and_rejects_wrong_ones():
