@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--model", default="small-mtp", help="a named size with MTP layers (tiny-mtp, small-mtp)")
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--model-dir", default="", help="reuse a trained checkpoint instead of training")
     ap.add_argument("--out", default=str(ROOT / "results" / "speculative_decoding.json"))
@@ -39,7 +40,7 @@ def main() -> None:
     if a.model_dir:
         model_dir = Path(a.model_dir)
     else:
-        cfg = TrainLMConfig(model="small-mtp", steps=a.steps, optim=OptimConfig(lr=2e-3, warmup_steps=100),
+        cfg = TrainLMConfig(model=a.model, steps=a.steps, optim=OptimConfig(lr=2e-3, warmup_steps=100),
                             data=DataConfig(tasks=("add", "sort"), seq_len=96, batch_size=32),
                             run=RunConfig(name="speculative", out_dir=str(ROOT / "runs"), eval_every=a.steps,
                                           eval_samples=64, ckpt_every=500, log_every=50))

@@ -89,3 +89,15 @@ def test_sequence_aux_loss_matches_hand_computed_values():
     skew = torch.zeros(1, l, 1, dtype=torch.long)
     scores = torch.full((1, l, E), 0.1).scatter(2, skew, 0.9)
     assert moe._sequence_aux_loss(scores, skew).item() == pytest.approx(3.0)
+
+
+def test_backbone_alone_initialises_every_parameter():
+    """The RL agents build HybridBackbone without HybridLM: no tensor may stay uninitialised memory."""
+    from chimera.models import HybridBackbone
+
+    net = HybridBackbone(get_config("tiny-latent-moe"))
+    for name, p in net.named_parameters():
+        assert torch.isfinite(p).all(), name
+    experts = net.layers[1].mixer.experts
+    assert 0.015 < experts.up_proj.std().item() < 0.025 and 0.015 < experts.down_proj.std().item() < 0.025
+    assert net.layers[1].mixer.gate.weight.std().item() > 0.015

@@ -54,6 +54,32 @@ class Block(nn.Module):
         return x + h
 
 
+@torch.no_grad()
+def init_weights(roots: list[nn.Module], cfg: HybridConfig) -> None:
+    """Normal(0, initializer_range) for matrices, embeddings, routers and experts, zeros for biases,
+    the SSM init for Mamba mixers, and Mamba out_proj scaled by 1/sqrt(n_layers) as in the reference."""
+    std = cfg.initializer_range
+    for root in roots:
+        for m in root.modules():
+            if isinstance(m, nn.Linear) and not m.weight.is_meta:
+                nn.init.normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding) and not m.weight.is_meta:
+                nn.init.normal_(m.weight, std=std)
+            elif isinstance(m, MoE) and not m.gate.weight.is_meta:
+                nn.init.normal_(m.gate.weight, std=std)
+                nn.init.normal_(m.experts.up_proj, std=std)
+                nn.init.normal_(m.experts.down_proj, std=std)
+        for m in root.modules():
+            if isinstance(m, Mamba2Mixer) and not m.A_log.is_meta:
+                m.reset_ssm_parameters()
+                if cfg.rescale_prenorm_residual:
+                    w = m.out_proj.weight
+                    nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+                    w.div_(math.sqrt(cfg.num_layers))
+
+
 class HybridBackbone(nn.Module):
     """The sequence model shared by the language model and the RL agents."""
 
@@ -63,6 +89,7 @@ class HybridBackbone(nn.Module):
         self.embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg, kind) for kind in cfg.pattern)
         self.norm_f = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
+        init_weights([self], cfg)
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 cache: HybridCache | None = None, attention_mask: torch.Tensor | None = None,
@@ -102,38 +129,11 @@ class HybridLM(nn.Module):
         self.backbone = HybridBackbone(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.mtp = MTP(cfg) if cfg.mtp_depths else None
+        init_weights([self.lm_head, *([self.mtp] if self.mtp is not None else [])], cfg)  # the backbone did its own
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
-        self.init_weights()
 
     # ---- construction ----------------------------------------------------------------------
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """Normal(0, initializer_range) for matrices, zeros for biases, SSM init for Mamba, and
-        out_proj scaled by 1/sqrt(n_layers) as in the reference."""
-        cfg = self.config
-        if self.lm_head.weight.is_meta:
-            return
-        std = cfg.initializer_range
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=std)
-            elif isinstance(m, MoE):
-                nn.init.normal_(m.gate.weight, std=std)
-                nn.init.normal_(m.experts.up_proj, std=std)
-                nn.init.normal_(m.experts.down_proj, std=std)
-        for layer in [*self.backbone.layers, *(self.mtp.layers if self.mtp is not None else [])]:
-            if layer.kind == "M":
-                layer.mixer.reset_ssm_parameters()
-                if cfg.rescale_prenorm_residual:
-                    w = layer.mixer.out_proj.weight
-                    nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-                    w.div_(math.sqrt(cfg.num_layers))
-
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
                         device: torch.device | str = "cpu") -> HybridLM:
