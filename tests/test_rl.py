@@ -95,8 +95,10 @@ def test_level_generator_is_accepted():
     lvl = LevelGenerator(w=5, h=5)
     lvl.add_goal_pos((4, 4))
     env = make("minihack/Custom", des_file=lvl)
-    env.reset(seed=0)
-    env.step(0)
+    obs, _ = env.reset(seed=0)
+    assert obs["glyphs"].shape == (21, 79) and "blstats" in obs
+    info = env.step(0)[-1]
+    assert int(info["end_status"]) in (0, 2)  # running, or already at the goal; never aborted or dead
 
 
 def test_gae_bootstraps_through_truncation_but_not_termination():
