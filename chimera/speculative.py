@@ -96,7 +96,7 @@ def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int
             cut = max(0, (done[k + 1] if k < D else done[k]) - start[k])
             h[k], start[k] = h[k][:, cut:], start[k] + cut
         stats.history.append((L, drafts))
-        # 3. verify [seq[L], drafts...] in one forward, keeping every position's Mamba state
+        # 2. verify [seq[L], drafts...] in one forward, keeping every position's Mamba state
         block = torch.tensor([[seq[L], *drafts]])
         main.record(True)
         ver = model(block, cache=main)
