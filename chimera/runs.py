@@ -18,11 +18,27 @@ import json
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+
+@dataclass
+class RunSettings:
+    """Where a run lives and how it logs and checkpoints; each trainer extends it with its own fields."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 200
+    keep_checkpoints: int = 3
+    tensorboard: bool = False
+    threads: int = 0
+    """torch CPU threads (0: leave torch's default)."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -119,6 +135,16 @@ class Run:
         run = cls(path, **kw)
         (run.path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         return run
+
+    @classmethod
+    def start(cls, settings: RunSettings, config: dict[str, Any],
+              resume: str | Path | None = None) -> tuple[Run, dict[str, Any] | None]:
+        """A new run folder, or the one to resume with its latest loadable checkpoint (None if it has none)."""
+        kw = dict(keep_checkpoints=settings.keep_checkpoints, tensorboard=settings.tensorboard)
+        if resume:
+            run = cls.open(resume, **kw)
+            return run, run.checkpoints.load_latest()
+        return cls.create(settings.out_dir, settings.name, config, **kw), None
 
     @classmethod
     def open(cls, path: str | Path, **kw: Any) -> Run:

@@ -22,7 +22,7 @@ from chimera.envs import make
 from chimera.envs.vector import InProcessVectorEnv
 from chimera.rl.agent import Agent, AgentConfig
 from chimera.rl.ppo import explained_variance, gae, policy_loss, value_loss
-from chimera.runs import Run, plot_metrics, rng_state, seed_everything, set_rng_state
+from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -53,15 +53,13 @@ class PPOConfig:
 
 
 @dataclass
-class RLRunConfig:
+class RLRunConfig(RunSettings):
     name: str = "rl"
-    out_dir: str = "runs"
     seed: int = 1
     log_every: int = 1
     """Iterations between log lines."""
     ckpt_every: int = 20
-    keep_checkpoints: int = 3
-    tensorboard: bool = False
+    """Iterations between checkpoints."""
     threads: int = 1
     """torch CPU threads; 1 is fastest for small networks stepped one env step at a time (0: torch's default)."""
 
@@ -149,20 +147,16 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.ppo.lr, eps=1e-5)
     T, n = cfg.ppo.num_steps, cfg.num_envs
     iterations = max(1, cfg.total_steps // (T * n * len(cfg.tasks)))
-    run_kw = dict(keep_checkpoints=cfg.run.keep_checkpoints, tensorboard=cfg.run.tensorboard)
+    run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
     start_it, global_step = 0, 0
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+        opt.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        start_it, global_step = ckpt["step"], ckpt["global_step"]
+        log(f"resumed {run.path} at iteration {start_it} ({global_step} steps); episodes restart")
     if resume:
-        run = Run.open(resume, **run_kw)
-        ckpt = run.checkpoints.load_latest()
-        if ckpt is not None:
-            agent.load_state_dict(ckpt["agent"])
-            opt.load_state_dict(ckpt["optimizer"])
-            set_rng_state(ckpt["rng"])
-            start_it, global_step = ckpt["step"], ckpt["global_step"]
-            log(f"resumed {run.path} at iteration {start_it} ({global_step} steps); episodes restart")
         run.truncate_metrics(global_step)
-    else:
-        run = Run.create(cfg.run.out_dir, cfg.run.name, to_dict(cfg), **run_kw)
     log(f"run {run.path}: {cfg.ppo.algo} on {', '.join(cfg.tasks)} ({n} envs each), core {cfg.agent.core} "
         f"{cfg.agent.pattern if cfg.agent.core == 'hybrid' else ''}, {iterations} iterations")
     state = {t: agent.initial_state(n) for t in cfg.tasks}

@@ -19,7 +19,7 @@ from chimera.data.batching import IGNORE, TaskBatcher, parse_answer, prompt_toke
 from chimera.generate import SamplingConfig, generate
 from chimera.models import HybridLM, get_config
 from chimera.models.config import SIZES
-from chimera.runs import Run, plot_metrics, rng_state, seed_everything, set_rng_state
+from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -51,19 +51,11 @@ class DataConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(RunSettings):
     name: str = "lm"
-    out_dir: str = "runs"
-    seed: int = 0
-    log_every: int = 10
     eval_every: int = 200
     eval_samples: int = 64
     """Held-out problems answered by greedy generation at each evaluation."""
-    ckpt_every: int = 200
-    keep_checkpoints: int = 3
-    tensorboard: bool = False
-    threads: int = 0
-    """torch CPU threads (0: leave torch's default)."""
 
 
 @dataclass
@@ -159,23 +151,19 @@ def train(cfg: TrainLMConfig, resume: str | None = None, log=print) -> Run:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     batcher = TaskBatcher(cfg.data.tasks, cfg.data.seq_len, cfg.data.batch_size, cfg.run.seed,
                           cfg.data.mode, cfg.data.thinking)
-    run_kw = dict(keep_checkpoints=cfg.run.keep_checkpoints, tensorboard=cfg.run.tensorboard)
+    run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
     start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        start = ckpt["step"]
+        log(f"resumed {run.path} at step {start}")
+    elif resume:
+        log(f"no loadable checkpoint in {run.path}; starting from step 0")
     if resume:
-        run = Run.open(resume, **run_kw)
-        ckpt = run.checkpoints.load_latest()
-        if ckpt is None:
-            log(f"no loadable checkpoint in {run.path}; starting from step 0")
-        else:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
-            start = ckpt["step"]
-            log(f"resumed {run.path} at step {start}")
         run.truncate_metrics(start)
-    else:
-        run = Run.create(cfg.run.out_dir, cfg.run.name, to_dict(cfg), **run_kw)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"run {run.path}: model {cfg.model} ({n_params / 1e6:.2f}M params, pattern {model.config.pattern}), "
         f"{cfg.steps} steps")
