@@ -187,3 +187,18 @@ def test_seeded_runs_are_reproducible_and_eval_rl_plays(tmp_path, capsys):
                      for r in read_metrics(b.metrics_path)]
     assert main(["eval-rl", str(a.path), "--episodes", "2"]) == 0
     assert "gym/CartPole" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "cagrad"])
+def test_multi_task_run_with_an_aggregator(tmp_path, method):
+    import dataclasses
+
+    from chimera.rl.train import train_rl
+    from chimera.runs import read_metrics
+
+    cfg = dataclasses.replace(_tiny_rl_cfg(tmp_path, "ppo"), tasks=("gym/CartPole", "gym/Acrobot"),
+                              total_steps=2 * 4 * 32, aggregator=method)
+    rows = read_metrics(train_rl(cfg, log=lambda *_: None).metrics_path)
+    assert -1 <= rows[-1]["multitask/cosine"] <= 1
+    if method == "cagrad":
+        assert rows[-1]["multitask/weight/gym/CartPole"] + rows[-1]["multitask/weight/gym/Acrobot"] == pytest.approx(1)

@@ -21,6 +21,7 @@ from chimera.config import to_dict
 from chimera.envs import make
 from chimera.envs.vector import InProcessVectorEnv
 from chimera.rl.agent import Agent, AgentConfig
+from chimera.rl.multitask import Method, aggregate
 from chimera.rl.ppo import explained_variance, gae, policy_loss, value_loss
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 
@@ -78,6 +79,8 @@ class TrainRLConfig:
     """NLE / MiniHack step limit (0: the environment's default)."""
     crop_size: int = 9
     """NLE egocentric glyph crop (0: full map only)."""
+    aggregator: Method = "sum"
+    """How task gradients combine on the shared core: sum (unitary scalarization) or a multi-task optimizer."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     run: RLRunConfig = field(default_factory=RLRunConfig)
@@ -206,7 +209,7 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
         for task, ro in rollouts.items():
             adv[task], ret[task] = gae(ro.rewards, ro.values, ro.dones, last_values[task], cfg.ppo.gamma,
                                        cfg.ppo.gae_lambda)
-        metrics = update(agent, opt, rollouts, state0, adv, ret, cfg.ppo)
+        metrics = update(agent, opt, rollouts, state0, adv, ret, cfg.ppo, cfg.aggregator)
         sps = T * n * len(cfg.tasks) / (time.time() - t0)
         metrics["charts/SPS"] = sps
         metrics["charts/learning_rate"] = opt.param_groups[0]["lr"]
@@ -238,8 +241,10 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
 
 
 def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout], state0: dict[str, Any],
-           adv: dict[str, torch.Tensor], ret: dict[str, torch.Tensor], p: PPOConfig) -> dict[str, float]:
-    """Minibatch epochs over whole env sequences; task losses summed. Returns CleanRL-named diagnostics."""
+           adv: dict[str, torch.Tensor], ret: dict[str, torch.Tensor], p: PPOConfig,
+           aggregator: str = "sum") -> dict[str, float]:
+    """Minibatch epochs over whole env sequences; task losses combined on the shared core by ``aggregator``
+    (summed by default). Returns CleanRL-named diagnostics."""
     agent.train()
     n = next(iter(rollouts.values())).values.size(1)
     max_epochs = p.espo_max_epochs if p.algo == "espo" else p.epochs
@@ -250,7 +255,7 @@ def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout
         perm = torch.randperm(n)
         epoch_dev = []
         for mb in perm.chunk(p.minibatches):
-            total = 0.0
+            losses = {}
             for task, ro in rollouts.items():
                 obs = index_obs(ro.obs, (slice(None), mb))
                 dist, values = agent.evaluate(task, obs, agent.select_state(agent.clone_state(state0[task]), mb),
@@ -266,7 +271,7 @@ def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout
                 vl = value_loss(values.flatten(), ro.values[:, mb].flatten(), ret[task][:, mb].flatten(),
                                 p.clip_coef if p.clip_vloss else None)
                 ent = dist.entropy().mean()
-                total = total + pg + p.vf_coef * vl - p.ent_coef * ent
+                losses[task] = pg + p.vf_coef * vl - p.ent_coef * ent
                 with torch.no_grad():
                     log_r = logp - old_logp
                     dev = (ratio - 1).abs()
@@ -278,7 +283,8 @@ def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout
                     epoch_dev.append(dev.mean().item())
                     dev_max = max(dev_max, dev.max().item())
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            for k, v in aggregate(losses, agent.core.parameters(), aggregator).items():
+                stats.setdefault(k, []).append(v)
             torch.nn.utils.clip_grad_norm_(agent.parameters(), p.max_grad_norm)
             opt.step()
         stats["dev"] += epoch_dev
@@ -293,7 +299,8 @@ def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout
             "losses/clipfrac": float(np.mean(stats["clipfrac"])),
             "losses/explained_variance": explained_variance(y_pred, y_true),
             "losses/ratio_dev_mean": float(np.mean(stats["dev"])), "losses/ratio_dev_max": dev_max,
-            "losses/epochs_used": float(epochs_used)}
+            "losses/epochs_used": float(epochs_used),
+            **{f"multitask/{k}": float(np.mean(v)) for k, v in stats.items() if k.startswith(("weight/", "cosine"))}}
 
 
 def load_agent(run_dir: str | Path) -> tuple[Agent, TrainRLConfig]:
