@@ -3,7 +3,8 @@ holds the GIL and several envs per process beat subprocess vector envs on two co
 
 Episodes reset automatically; an ended episode's last observation is kept in ``final_obs`` so
 the learner can bootstrap truncated episodes. Each env is seeded ``seed + i`` at construction
-and reseeded with a fresh deterministic seed at every reset, so runs are reproducible.
+and reseeded at every reset from its own generator (also seeded ``seed + i``), so runs are reproducible
+and the subprocess backend steps the very same episodes.
 """
 
 from __future__ import annotations
@@ -52,14 +53,11 @@ class InProcessVectorEnv:
         self.n = n
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
-        self._rng = np.random.default_rng(seed)
+        self._rngs = [np.random.default_rng(seed + i) for i in range(n)]  # per env, as in SubprocVectorEnv
         self._ret = np.zeros(n)
         self._len = np.zeros(n, dtype=np.int64)
         self.stats = EpisodeStats()
         self.obs = stack_obs([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)])
-
-    def _reseed(self) -> int:
-        return int(self._rng.integers(0, 2**31 - 1))
 
     def step(self, actions: np.ndarray):
         """-> next obs (reset where an episode ended), reward, terminated, truncated, final_obs (per env or None)."""
@@ -76,7 +74,7 @@ class InProcessVectorEnv:
                 self.stats.successes.append(episode_success(info, te, r))
                 self._ret[i], self._len[i] = 0.0, 0
                 final = o
-                o, _ = env.reset(seed=self._reseed())
+                o, _ = env.reset(seed=int(self._rngs[i].integers(0, 2**31 - 1)))
             obs.append(o)
             finals.append(final)
         self.obs = stack_obs(obs)
