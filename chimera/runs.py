@@ -37,6 +37,8 @@ class RunSettings:
     ckpt_every: int = 200
     keep_checkpoints: int = 3
     tensorboard: bool = False
+    plots: bool = True
+    """Write PNG plots of the logged metrics at the end of the run."""
     threads: int = 0
     """torch CPU threads (0: leave torch's default)."""
 

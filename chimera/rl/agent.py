@@ -97,7 +97,11 @@ class PolicyHead(nn.Module):
 
     def forward(self, h: torch.Tensor, hv: torch.Tensor | None = None):
         out = self.actor(h)
-        dist = Categorical(logits=out) if self.discrete else Independent(Normal(out, self.log_std.exp()), 1)
+        # argument validation costs more than the tiny networks themselves; the heads build valid parameters
+        if self.discrete:
+            dist = Categorical(logits=out, validate_args=False)
+        else:
+            dist = Independent(Normal(out, self.log_std.exp(), validate_args=False), 1, validate_args=False)
         value_in = h if hv is None else torch.cat([h.detach(), hv], -1)
         return dist, self.critic(value_in).squeeze(-1)
 

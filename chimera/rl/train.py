@@ -151,7 +151,7 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
     venvs = {t: make_vector(lambda t=t: make(t, **env_kwargs(t, cfg)), cfg.num_envs, cfg.run.seed + 1000 * i,
                             cfg.vector, cfg.workers, log) for i, t in enumerate(cfg.tasks)}
     agent = Agent({t: (v.observation_space, v.action_space) for t, v in venvs.items()}, cfg.agent)
-    opt = torch.optim.Adam(agent.parameters(), lr=cfg.ppo.lr, eps=1e-5)
+    opt = torch.optim.Adam(agent.parameters(), lr=cfg.ppo.lr, eps=1e-5, foreach=True)
     T, n = cfg.ppo.num_steps, cfg.num_envs
     iterations = max(1, cfg.total_steps // (T * n * len(cfg.tasks)))
     run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
@@ -237,8 +237,9 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
         if (it + 1) % cfg.run.ckpt_every == 0 or it + 1 == iterations:
             run.checkpoints.save(it + 1, {"agent": agent.state_dict(), "optimizer": opt.state_dict(),
                                           "rng": rng_state(), "global_step": global_step, "config": to_dict(cfg)})
-    plots = plot_metrics(run.metrics_path, run.path / "plots")
-    log(f"plots: {', '.join(str(p) for p in plots)}")
+    if cfg.run.plots:
+        plots = plot_metrics(run.metrics_path, run.path / "plots")
+        log(f"plots: {', '.join(str(p) for p in plots)}")
     for v in venvs.values():
         v.close()
     run.close()

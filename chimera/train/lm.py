@@ -214,7 +214,7 @@ def train(cfg: TrainLMConfig, resume: str | None = None, log=print) -> Run:
         if done % cfg.run.ckpt_every == 0 or done == cfg.steps:
             checkpoint(done)
     model.save_pretrained(run.path / "model")
-    plots = plot_metrics(run.metrics_path, run.path / "plots")
-    log(f"model saved to {run.path / 'model'}; plots: {', '.join(str(p) for p in plots)}")
+    plots = plot_metrics(run.metrics_path, run.path / "plots") if cfg.run.plots else []
+    log(f"model saved to {run.path / 'model'}" + (f"; plots: {', '.join(str(p) for p in plots)}" if plots else ""))
     run.close()
     return run
