@@ -107,18 +107,7 @@ def cmd_train_rl(argv: list[str]) -> int:
                      "environments). --preset PATH loads a JSON preset (configs/); later flags override it. "
                      "--resume RUN_DIR continues from the latest checkpoint (episodes restart)."),
         preset_flags=("--preset", "--resume"))
-    run = train_rl(cfg, resume=flags.get("--resume"))
-    from chimera.runs import read_metrics
-
-    rows = read_metrics(run.metrics_path)
-    print(f"\n{'environment':<32}{'return':>10}{'success':>10}")
-    for task in cfg.tasks:
-        ret = next((r[f"charts/episodic_return/{task}"] for r in reversed(rows)
-                    if f"charts/episodic_return/{task}" in r), float("nan"))
-        suc = next((r[f"charts/success/{task}"] for r in reversed(rows) if f"charts/success/{task}" in r),
-                   float("nan"))
-        print(f"{task:<32}{ret:>10.2f}{suc:>10.2f}")
-    print(f"plots in {run.path / 'plots'}")
+    train_rl(cfg, resume=flags.get("--resume"))  # ends with the per-environment table and the plot paths
     return 0
 
 

@@ -22,7 +22,7 @@ from chimera.envs import make, make_vector
 from chimera.rl.agent import Agent, AgentConfig
 from chimera.rl.multitask import Method, aggregate
 from chimera.rl.ppo import explained_variance, gae, policy_loss, value_loss
-from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
+from chimera.runs import Run, RunSettings, plot_metrics, read_metrics, rng_state, seed_everything, set_rng_state
 
 
 @dataclass
@@ -168,7 +168,7 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
         f"{cfg.agent.pattern if cfg.agent.core == 'hybrid' else ''}, {iterations} iterations")
     state = {t: agent.initial_state(n) for t in cfg.tasks}
     starts = {t: torch.ones(n, dtype=torch.bool) for t in cfg.tasks}
-    recent: dict[str, dict[str, list[float]]] = {t: {"return": [], "success": []} for t in cfg.tasks}
+    recent: dict[str, dict[str, list[float]]] = {t: {"return": [], "length": [], "success": []} for t in cfg.tasks}
     t_start = time.time()
     for it in range(start_it, iterations):
         t0 = time.time()
@@ -205,8 +205,9 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
                     obs = to_tensor(next_obs)
                 _, last_values[task], _ = agent.step(task, obs, agent.clone_state(state[task]), starts[task])
                 rollouts[task] = ro
-                rets, _, succ = venv.stats.drain()
+                rets, lens, succ = venv.stats.drain()
                 recent[task]["return"] = (recent[task]["return"] + rets)[-100:]
+                recent[task]["length"] = (recent[task]["length"] + lens)[-100:]
                 recent[task]["success"] = (recent[task]["success"] + succ)[-100:]
         global_step += T * n * len(cfg.tasks)
         adv, ret = {}, {}
@@ -221,6 +222,7 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
         for task in cfg.tasks:
             if recent[task]["return"]:
                 metrics[f"charts/episodic_return/{task}"] = float(np.mean(recent[task]["return"]))
+                metrics[f"charts/episodic_length/{task}"] = float(np.mean(recent[task]["length"]))
                 succ = [s for s in recent[task]["success"] if not math.isnan(s)]
                 if succ:
                     metrics[f"charts/success/{task}"] = float(np.mean(succ))
@@ -237,6 +239,7 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
         if (it + 1) % cfg.run.ckpt_every == 0 or it + 1 == iterations:
             run.checkpoints.save(it + 1, {"agent": agent.state_dict(), "optimizer": opt.state_dict(),
                                           "rng": rng_state(), "global_step": global_step, "config": to_dict(cfg)})
+    log(learning_table(run.metrics_path, cfg.tasks))
     if cfg.run.plots:
         plots = plot_metrics(run.metrics_path, run.path / "plots")
         log(f"plots: {', '.join(str(p) for p in plots)}")
@@ -244,6 +247,22 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
         v.close()
     run.close()
     return run
+
+
+def learning_table(metrics_path: Path, tasks: tuple[str, ...]) -> str:
+    """Per environment: the first and the last logged mean return and success (over the last 100 episodes)."""
+    rows = read_metrics(metrics_path)
+    lines = [f"{'environment':<28} {'return: first -> last':>26} {'success: first -> last':>24}"]
+    for t in tasks:
+        got = [r for r in rows if f"charts/episodic_return/{t}" in r]
+        if not got:
+            lines.append(f"{t:<28} {'(no episode ended)':>26}")
+            continue
+        ret = f"{got[0][f'charts/episodic_return/{t}']:.2f} -> {got[-1][f'charts/episodic_return/{t}']:.2f}"
+        key = f"charts/success/{t}"
+        succ = f"{got[0][key]:.2f} -> {got[-1][key]:.2f}" if key in got[0] and key in got[-1] else "n/a"
+        lines.append(f"{t:<28} {ret:>26} {succ:>24}")
+    return "\n".join(lines)
 
 
 def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout], state0: dict[str, Any],
