@@ -75,6 +75,8 @@ class EvalRLArgs:
     """Take the most likely action instead of sampling."""
     render: bool = False
     """Print the first episode as text in the terminal (NetHack / MiniHack and gym text modes)."""
+    record: str = ""
+    """Folder for GIFs of the first episode of every MuJoCo environment (rendered headless with EGL)."""
 
 
 @dataclass
@@ -115,10 +117,13 @@ def cmd_eval_rl(argv: list[str]) -> int:
     from chimera.rl.evaluate import evaluate_agent
 
     args = tyro.cli(EvalRLArgs, args=argv, prog="chimera eval-rl")
-    results = evaluate_agent(args.run_dir, args.episodes, args.seed, args.greedy, args.render)
+    results = evaluate_agent(args.run_dir, args.episodes, args.seed, args.greedy, args.render, args.record or None)
     print(f"{'environment':<32}{'episodes':>9}{'return':>10}{'success':>10}")
     for task, r in results.items():
         print(f"{task:<32}{r['episodes']:>9}{r['return']:>10.2f}{r['success']:>10.2f}")
+    for task, r in results.items():
+        if "recording" in r:
+            print(f"recorded {task}: {r['recording']}")
     return 0
 
 

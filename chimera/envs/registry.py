@@ -2,7 +2,8 @@
 
 ``minihack/Room-Random-5x5`` is MiniHack's ``MiniHack-Room-Random-5x5-v0``; ``minihack/Custom``
 takes ``des_file=`` (a string, a path, or a MiniHack ``LevelGenerator``); ``nethack/NetHackScore``
-is NLE's ``NetHackScore-v0``. MiniHack's Boxoban and Crossing tasks are left out (see
+is NLE's ``NetHackScore-v0``; ``mujoco/Centipede-N`` is chimera's generated N-legged walker (even N,
+4..40). MiniHack's Boxoban and Crossing tasks are left out (see
 ``_UNSUPPORTED``); MultiRoom needs the ``minigrid`` package (in the envs extra).
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import gymnasium as gym
 
 FAMILIES = ("gym", "mujoco", "minihack", "nethack")
+CENTIPEDE_LISTED = (4, 6, 8, 10, 12, 20, 30, 40)  # any even N from 4 to 40 is accepted
 NLE_DEFAULT_KEYS = ("glyphs", "blstats", "message")
 
 
@@ -37,6 +39,7 @@ def list_ids(family: str | None = None) -> list[str]:
                 if k in gym.registry and not k.startswith("LunarLander")]
     if family in (None, "mujoco"):
         ids += [f"mujoco/{k}" for k in ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid")]
+        ids += [f"mujoco/Centipede-{n}" for n in CENTIPEDE_LISTED]
     if family in (None, "minihack", "nethack"):
         try:
             _import_nle()
@@ -93,6 +96,10 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
     if family not in FAMILIES or not name:
         raise ValueError(f"environment id {env_id!r} must look like FAMILY/NAME with FAMILY one of "
                          f"{', '.join(FAMILIES)} (e.g. gym/CartPole, minihack/Room-5x5)")
+    if family == "mujoco" and name.startswith("Centipede"):
+        from chimera.envs.centipede import make_centipede
+
+        return make_centipede(name, **kwargs)
     if family in ("gym", "mujoco"):
         try:
             gid = _gym_id(name)

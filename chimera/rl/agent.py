@@ -17,23 +17,33 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Independent, Normal
 
+from chimera.envs.morphology import Morphology
 from chimera.models.cache import HybridCache, MambaState
 from chimera.models.config import HybridConfig
 from chimera.models.hybrid import HybridBackbone
+from chimera.rl.gnn import NerveNet
+from chimera.rl.normalize import RunningNorm
 
 NLE_GLYPHS = 5977  # nle.nethack.MAX_GLYPH + 1
 
 
 @dataclass
 class AgentConfig:
-    core: Literal["mlp", "lstm", "hybrid"] = "hybrid"
-    """Sequence core shared by all tasks."""
+    core: Literal["mlp", "lstm", "hybrid", "nervenet"] = "hybrid"
+    """Sequence core shared by all tasks; nervenet: a per-task graph policy over the body of environments that
+    expose a morphology (mujoco/Centipede-N), with an MLP critic."""
     hidden: int = 64
     """Feature width of encoders and core."""
     pattern: str = "ME"
     """Hybrid core layer pattern (M Mamba-2, - MLP, E MoE; attention is not used across episodes)."""
     experts: int = 4
     """MoE experts in E layers (top-2, shared expert)."""
+    obs_norm: bool = False
+    """Normalise vector observations by running mean / variance (kept in the agent's checkpoint)."""
+    gnn_steps: int = 3
+    """NerveNet message-passing steps."""
+    freeze: tuple[str, ...] = ()
+    """Snowflake: NerveNet parts frozen at initialisation (input, message, update, output)."""
     separate_critic: bool = True
     """The critic has its own encoder and reads the core's features without training them, so the
     value regression does not swamp the policy's features (SB3 / CleanRL use separate networks)."""
@@ -109,9 +119,25 @@ class PolicyHead(nn.Module):
 class Agent(nn.Module):
     """Encoders and heads per task around one shared core."""
 
-    def __init__(self, tasks: dict[str, tuple[gym.Space, gym.Space]], cfg: AgentConfig):
+    def __init__(self, tasks: dict[str, tuple[gym.Space, gym.Space]], cfg: AgentConfig,
+                 graphs: dict[str, Morphology] | None = None):
         super().__init__()
         self.cfg = cfg
+        self.obs_norms = nn.ModuleDict({k: RunningNorm(int(np.prod(o.shape))) for k, (o, _) in tasks.items()
+                                        if cfg.obs_norm and isinstance(o, gym.spaces.Box)})
+        if cfg.core == "nervenet":
+            missing = [k for k in tasks if not graphs or k not in graphs]
+            if missing:
+                raise ValueError(f"core nervenet needs environments that expose a morphology graph "
+                                 f"(mujoco/Centipede-N); {', '.join(missing)} do not")
+            self.gnn = nn.ModuleDict({k: NerveNet(graphs[k], cfg.hidden, cfg.gnn_steps, cfg.freeze, cfg.obs_norm)
+                                      for k in tasks})
+            self.gnn_critic = nn.ModuleDict({k: nn.Sequential(VectorEncoder(int(np.prod(o.shape)), cfg.hidden),
+                                                              nn.Linear(cfg.hidden, 1)) for k, (o, _) in tasks.items()})
+            self.core = nn.Identity()
+            return
+        if cfg.freeze:
+            raise ValueError("freeze (Snowflake) applies to core nervenet only")
         self.encoders = nn.ModuleDict({k: make_encoder(o, cfg.hidden) for k, (o, _) in tasks.items()})
         critic_in = 2 * cfg.hidden if cfg.separate_critic else None
         self.heads = nn.ModuleDict({k: PolicyHead(a, cfg.hidden, critic_in) for k, (_, a) in tasks.items()})
@@ -131,6 +157,18 @@ class Agent(nn.Module):
             self.core = HybridBackbone(self.core_cfg)
         else:
             self.core = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.Tanh())
+
+    # ---- observation normalisation ------------------------------------------------------------
+    def normalize(self, task: str, obs: Any) -> Any:
+        return self.obs_norms[task](obs) if task in self.obs_norms else obs
+
+    @torch.no_grad()
+    def update_obs_norm(self, task: str, obs: Any) -> None:
+        """Fold a batch of raw observations (any leading shape) into the running statistics."""
+        if task in self.obs_norms:
+            self.obs_norms[task].update(obs.reshape(-1, obs.shape[-1]))
+        if self.cfg.core == "nervenet":
+            self.gnn[task].update_norm(obs)
 
     # ---- recurrent state ------------------------------------------------------------------
     def initial_state(self, n: int) -> Any:
@@ -158,7 +196,7 @@ class Agent(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------
     def encode(self, task: str, obs: Any) -> torch.Tensor:
-        return self.encoders[task](obs)
+        return self.encoders[task](self.normalize(task, obs))
 
     def core_seq(self, x: torch.Tensor, state: Any, starts: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """x (T, n, H), starts (T, n) bool (first step of an episode) -> features (T, n, H), new state."""
@@ -176,10 +214,18 @@ class Agent(nn.Module):
         return y.transpose(0, 1), state
 
     def critic_features(self, task: str, obs: Any) -> torch.Tensor | None:
-        return self.critic_encoders[task](obs) if self.cfg.separate_critic else None
+        return self.critic_encoders[task](self.normalize(task, obs)) if self.cfg.separate_critic else None
+
+    def graph_policy(self, task: str, obs: torch.Tensor):
+        """NerveNet: flat observations (B, D) -> (Gaussian over actions, value)."""
+        mean, log_std = self.gnn[task](obs)
+        dist = Independent(Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
+        return dist, self.gnn_critic[task](self.normalize(task, obs)).squeeze(-1)
 
     def step(self, task: str, obs: Any, state: Any, starts: torch.Tensor):
         """One environment step for n envs: -> (dist, value, new state)."""
+        if self.cfg.core == "nervenet":
+            return (*self.graph_policy(task, obs), None)
         h, state = self.core_seq(self.encode(task, obs)[None], state, starts[None])
         dist, value = self.heads[task](h[0], self.critic_features(task, obs))
         return dist, value, state
@@ -188,6 +234,9 @@ class Agent(nn.Module):
         """Stored sequences (T, n, ...) from their initial state -> (dist over (T*n), values (T, n))."""
         T, n = starts.shape
         flat = {k: v.flatten(0, 1) for k, v in obs_seq.items()} if isinstance(obs_seq, dict) else obs_seq.flatten(0, 1)
+        if self.cfg.core == "nervenet":
+            dist, value = self.graph_policy(task, flat)
+            return dist, value.view(T, n)
         x = self.encode(task, flat).view(T, n, -1)
         h, _ = self.core_seq(x, state, starts)
         dist, value = self.heads[task](h.flatten(0, 1), self.critic_features(task, flat))

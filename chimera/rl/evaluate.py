@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from chimera.envs import make
 from chimera.envs.vector import episode_success
-from chimera.rl.train import env_kwargs, load_agent, to_tensor
+from chimera.rl.train import clip_action, env_kwargs, load_agent, to_tensor
 
 
 def render_text(env) -> str:
@@ -27,17 +28,37 @@ def render_text(env) -> str:
         return ""
 
 
+def save_gif(frames: list[np.ndarray], path: Path, fps: float) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
 @torch.no_grad()
 def evaluate_agent(run_dir: str | Path, episodes: int, seed: int, greedy: bool = False,
-                   render: bool = False) -> dict[str, dict[str, float]]:
-    """Mean return and success over ``episodes`` seeded episodes per environment of the run."""
+                   render: bool = False, record: str | Path | None = None,
+                   max_frames: int = 400) -> dict[str, dict[str, float]]:
+    """Mean return and success over ``episodes`` seeded episodes per environment of the run.
+
+    ``record``: a folder; the first episode of every MuJoCo environment is rendered headless
+    (MuJoCo's EGL backend unless MUJOCO_GL says otherwise) and saved there as ``<env>.gif``.
+    """
+    if record:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # read when mujoco is first imported
     agent, cfg = load_agent(run_dir)
     out = {}
     for task in cfg.tasks:
         kw = env_kwargs(task, cfg)
         if render and task.startswith(("minihack/", "nethack/")):
             kw["observation_keys"] = (*kw["observation_keys"], "tty_chars")
+        filming = bool(record) and task.startswith("mujoco/")
+        if filming:
+            kw["render_mode"] = "rgb_array"
         env = make(task, **kw)
+        frames: list[np.ndarray] = []
         returns, successes = [], []
         for ep in range(episodes):
             obs, _ = env.reset(seed=seed + ep)
@@ -54,7 +75,9 @@ def evaluate_agent(run_dir: str | Path, episodes: int, seed: int, greedy: bool =
                     action = dist.probs.argmax(-1) if hasattr(dist, "probs") else dist.mean
                 else:
                     action = dist.sample()
-                obs, r, term, trunc, info = env.step(action[0].numpy())
+                obs, r, term, trunc, info = env.step(clip_action(action[0].numpy(), env.action_space))
+                if filming and ep == 0 and len(frames) < max_frames:
+                    frames.append(env.render())
                 total += float(r)
                 done = term or trunc
                 if render and ep == 0:
@@ -64,5 +87,8 @@ def evaluate_agent(run_dir: str | Path, episodes: int, seed: int, greedy: bool =
         succ = [s for s in successes if not math.isnan(s)]
         out[task] = {"episodes": episodes, "return": float(np.mean(returns)),
                      "success": float(np.mean(succ)) if succ else float("nan")}
+        if frames:
+            fps = env.metadata.get("render_fps", 30)
+            out[task]["recording"] = str(save_gif(frames, Path(record) / f"{task.replace('/', '_')}.gif", fps))
         env.close()
     return out

@@ -160,7 +160,7 @@ def aggregate(task_losses: dict[str, torch.Tensor] | Sequence[torch.Tensor], sha
     losses = list(task_losses.values()) if isinstance(task_losses, dict) else list(task_losses)
     shared = [p for p in shared_params if p.requires_grad]
     k = len(losses)
-    if method == "sum" or k == 1:
+    if method == "sum" or k == 1 or not shared:
         sum(losses).backward()
         return {}
     info: dict[str, float] = {}

@@ -21,6 +21,7 @@ from chimera.config import to_dict
 from chimera.envs import make, make_vector
 from chimera.rl.agent import Agent, AgentConfig
 from chimera.rl.multitask import Method, aggregate
+from chimera.rl.normalize import RewardScaler
 from chimera.rl.ppo import explained_variance, gae, policy_loss, value_loss
 from chimera.runs import Run, RunSettings, plot_metrics, read_metrics, rng_state, seed_everything, set_rng_state
 
@@ -83,6 +84,8 @@ class TrainRLConfig:
     """NLE / MiniHack step limit (0: the environment's default)."""
     crop_size: int = 9
     """NLE egocentric glyph crop (0: full map only)."""
+    reward_norm: bool = False
+    """Scale rewards by the running std of the discounted return (MuJoCo practice; kept in checkpoints)."""
     aggregator: Method = "sum"
     """How task gradients combine on the shared core: sum (unitary scalarization) or a multi-task optimizer."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -99,6 +102,18 @@ class TrainRLConfig:
                 raise ValueError(f"task {t!r} must be a chimera id such as gym/CartPole or minihack/Room-5x5")
 
 
+def task_specs(cfg: TrainRLConfig) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+    """Observation / action spaces of every task, and the morphology graph of those that expose one."""
+    spaces, graphs = {}, {}
+    for t in cfg.tasks:
+        env = make(t, **env_kwargs(t, cfg))
+        spaces[t] = (env.observation_space, env.action_space)
+        if getattr(env.unwrapped, "morphology", None) is not None:
+            graphs[t] = env.unwrapped.morphology
+        env.close()
+    return spaces, graphs
+
+
 def env_kwargs(task: str, cfg: TrainRLConfig) -> dict[str, Any]:
     if task.startswith(("minihack/", "nethack/")):
         kw: dict[str, Any] = {"observation_keys": ("glyphs", "blstats")}
@@ -108,6 +123,13 @@ def env_kwargs(task: str, cfg: TrainRLConfig) -> dict[str, Any]:
             kw["max_episode_steps"] = cfg.max_episode_steps
         return kw
     return {}
+
+
+def clip_action(action: np.ndarray, space: Any) -> np.ndarray:
+    """Gaussian samples clipped to a Box action space (the unclipped sample is what the policy is scored on)."""
+    if hasattr(space, "low") and hasattr(space, "high"):
+        return np.clip(action, space.low, space.high)
+    return action
 
 
 def to_tensor(obs: Any) -> Any:
@@ -148,10 +170,12 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
+    spaces, graphs = task_specs(cfg)
     venvs = {t: make_vector(lambda t=t: make(t, **env_kwargs(t, cfg)), cfg.num_envs, cfg.run.seed + 1000 * i,
                             cfg.vector, cfg.workers, log) for i, t in enumerate(cfg.tasks)}
-    agent = Agent({t: (v.observation_space, v.action_space) for t, v in venvs.items()}, cfg.agent)
-    opt = torch.optim.Adam(agent.parameters(), lr=cfg.ppo.lr, eps=1e-5, foreach=True)
+    agent = Agent(spaces, cfg.agent, graphs)
+    opt = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad], lr=cfg.ppo.lr, eps=1e-5, foreach=True)
+    scalers = {t: RewardScaler(cfg.num_envs, cfg.ppo.gamma) for t in cfg.tasks} if cfg.reward_norm else {}
     T, n = cfg.ppo.num_steps, cfg.num_envs
     iterations = max(1, cfg.total_steps // (T * n * len(cfg.tasks)))
     run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
@@ -160,6 +184,8 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
         agent.load_state_dict(ckpt["agent"])
         opt.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
+        for t, sd in ckpt.get("reward_norm", {}).items():
+            scalers[t].load_state_dict(sd)
         start_it, global_step = ckpt["step"], ckpt["global_step"]
         log(f"resumed {run.path} at iteration {start_it} ({global_step} steps); episodes restart")
     if resume:
@@ -189,8 +215,10 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
                     if ro.actions is None:
                         ro.actions = torch.zeros((T, *action.shape), dtype=action.dtype)
                     ro.actions[t], ro.logp[t], ro.values[t] = action, dist.log_prob(action), value
-                    next_obs, rew, term, trunc, finals = venv.step(action.numpy())
+                    next_obs, rew, term, trunc, finals = venv.step(clip_action(action.numpy(), venv.action_space))
                     rew = torch.as_tensor(rew, dtype=torch.float32)
+                    if scalers:
+                        rew = scalers[task](rew, torch.as_tensor(term | trunc))
                     cut = [i for i in range(n) if trunc[i] and not term[i]]
                     if cut:  # bootstrap truncated episodes from the value of their final observation
                         idx = torch.tensor(cut)
@@ -215,6 +243,9 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
             adv[task], ret[task] = gae(ro.rewards, ro.values, ro.dones, last_values[task], cfg.ppo.gamma,
                                        cfg.ppo.gae_lambda)
         metrics = update(agent, opt, rollouts, state0, adv, ret, cfg.ppo, cfg.aggregator)
+        for task, ro in rollouts.items():  # after the update, so collection and update saw the same statistics
+            if not isinstance(ro.obs, dict):
+                agent.update_obs_norm(task, ro.obs)
         sps = T * n * len(cfg.tasks) / (time.time() - t0)
         metrics["charts/SPS"] = sps
         metrics["charts/learning_rate"] = opt.param_groups[0]["lr"]
@@ -238,7 +269,8 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
                 f"eta {eta / 60:.1f} min")
         if (it + 1) % cfg.run.ckpt_every == 0 or it + 1 == iterations:
             run.checkpoints.save(it + 1, {"agent": agent.state_dict(), "optimizer": opt.state_dict(),
-                                          "rng": rng_state(), "global_step": global_step, "config": to_dict(cfg)})
+                                          "rng": rng_state(), "global_step": global_step, "config": to_dict(cfg),
+                                          "reward_norm": {t: sc.state_dict() for t, sc in scalers.items()}})
     log(learning_table(run.metrics_path, cfg.tasks))
     if cfg.run.plots:
         plots = plot_metrics(run.metrics_path, run.path / "plots")
@@ -337,11 +369,7 @@ def load_agent(run_dir: str | Path) -> tuple[Agent, TrainRLConfig]:
     ckpt = Run.open(run_dir).checkpoints.load_latest()
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}/checkpoints has no loadable checkpoint")
-    spaces = {}
-    for t in cfg.tasks:
-        env = make(t, **env_kwargs(t, cfg))
-        spaces[t] = (env.observation_space, env.action_space)
-        env.close()
-    agent = Agent(spaces, cfg.agent)
+    spaces, graphs = task_specs(cfg)
+    agent = Agent(spaces, cfg.agent, graphs)
     agent.load_state_dict(ckpt["agent"])
     return agent.eval(), cfg
