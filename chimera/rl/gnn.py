@@ -71,16 +71,13 @@ class NerveNet(nn.Module):
                          for t, idx in self._nodes.items() if len(idx)}
         self._act_idx = {t: torch.tensor([graph.node_actuators[i] for i in idx.tolist()], dtype=torch.long)
                          for t, idx in self._nodes.items() if len(idx) and t in self.outputs}
-        self._edges: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for e in self.edge_types:
-            fwd = [(p, c) for p, c, t in graph.edges if t == e]
-            back = [(c, p) for p, c, t in graph.edges if f"{t}^" == e]
-            pairs = fwd + back
-            if pairs:
-                self._edges[e] = (torch.tensor([s for s, _ in pairs]), torch.tensor([d for _, d in pairs]))
-        indeg = torch.zeros(n)
-        for _, dst in self._edges.values():
-            indeg.index_add_(0, dst, torch.ones(len(dst)))
+        src, dst, etype = [], [], []
+        for p, c, t in graph.edges:  # both directions; the child -> parent one has its own type
+            src += [p, c]
+            dst += [c, p]
+            etype += [self.edge_types.index(t), self.edge_types.index(f"{t}^")]
+        self._src, self._dst, self._etype = torch.tensor(src), torch.tensor(dst), torch.tensor(etype)
+        indeg = torch.zeros(n).index_add_(0, self._dst, torch.ones(len(dst)))
         self._indeg = indeg.clamp_min(1)[None, :, None]
         self.n_nodes, self.act_dim = n, graph.act_dim
 
@@ -100,10 +97,15 @@ class NerveNet(nn.Module):
         for t, x in self.node_inputs(obs).items():
             x = self.norms[t](x) if self.norms is not None else x.float()
             h[:, self._nodes[t]] = self.inputs[t](x)
+        # every edge type's message MLP at once: per-edge weights gathered from the stacked type weights
+        layers = [[m[i] for m in self.messages.values()] for i in (0, 2)]
+        w1, b1, w2, b2 = (torch.stack([getattr(lin, a) for lin in layer])[self._etype]
+                          for layer in layers for a in ("weight", "bias"))
+        w1, w2 = w1.transpose(1, 2), w2.transpose(1, 2)  # (E, in, out)
         for _ in range(self.steps):
-            agg = torch.zeros_like(h)
-            for e, (src, dst) in self._edges.items():
-                agg.index_add_(1, dst, self.messages[e](h[:, src]))
+            x = torch.tanh(torch.baddbmm(b1[:, None], h[:, self._src].transpose(0, 1), w1))  # (E, B, hidden)
+            msg = torch.baddbmm(b2[:, None], x, w2).transpose(0, 1)
+            agg = torch.zeros_like(h).index_add_(1, self._dst, msg)
             h = self.update_cell((agg / self._indeg).reshape(-1, self.hidden),
                                  h.reshape(-1, self.hidden)).view(B, self.n_nodes, self.hidden)
         mean = obs.new_zeros(B, self.act_dim, dtype=torch.float32)
