@@ -198,3 +198,9 @@ def test_eval_rl_records_a_gif(tmp_path):
     assert f"recorded mujoco/Centipede-4: {gif}" in out.stdout
     img = Image.open(gif)
     assert img.n_frames > 1 and img.size == (480, 320)
+
+
+def test_a_nervenet_built_on_the_smallest_centipede_knows_every_edge_type():
+    net = NerveNet(make("mujoco/Centipede-4").unwrapped.morphology, hidden=8)  # no torso-torso edge at N=4
+    net.bind(make("mujoco/Centipede-8").unwrapped.morphology)
+    assert net(torch.zeros(2, 6 * 8 + 7))[0].shape == (2, 22)

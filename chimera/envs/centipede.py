@@ -146,7 +146,8 @@ class CentipedeEnv(gym.Env):
             if parent in body_node:
                 p, c = body_node[parent], body_node[b]
                 edges.append((p, c, f"{types[p]}-{types[c]}"))
-        return Morphology(names, types, edges, obs, acts, self.observation_space.shape[0], m.nu,
+        family = ["root-thigh", "root-torso", "thigh-shin", "torso-thigh", "torso-torso"]
+        return Morphology(names, types, edges, obs, acts, self.observation_space.shape[0], m.nu, family,
                           {"n_legs": self.n_legs})
 
     def _obs(self) -> np.ndarray:

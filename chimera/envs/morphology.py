@@ -17,6 +17,8 @@ class Morphology:
     node_actuators: list[list[int]]
     obs_dim: int = 0
     act_dim: int = 0
+    family_edge_types: list[str] = field(default_factory=list)
+    """Every edge type the morphology's family can have (so that a policy built on one member knows them all)."""
     meta: dict = field(default_factory=dict)
 
     def type_dims(self) -> dict[str, tuple[int, int]]:

@@ -38,7 +38,8 @@ class NerveNet(nn.Module):
         dims = graph.type_dims()
         self.hidden, self.steps = hidden, steps
         self.node_types = sorted(dims)
-        self.edge_types = sorted({t for _, _, t in graph.edges} | {f"{t}^" for _, _, t in graph.edges})
+        kinds = {t for _, _, t in graph.edges} | set(graph.family_edge_types)
+        self.edge_types = sorted(kinds | {f"{t}^" for t in kinds})
         self.inputs = nn.ModuleDict({t: mlp(d, hidden, hidden) for t, (d, _) in dims.items()})
         self.norms = nn.ModuleDict({t: RunningNorm(d) for t, (d, _) in dims.items()}) if obs_norm else None
         self.messages = nn.ModuleDict({e: mlp(hidden, hidden, hidden) for e in self.edge_types})
