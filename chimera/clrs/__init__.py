@@ -1,0 +1,1 @@
+"""CLRS-30 in NumPy / PyTorch: spec table, probes, the instrumented algorithms."""

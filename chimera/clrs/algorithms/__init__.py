@@ -1,0 +1,21 @@
+"""The CLRS-30 algorithms, each returning ``(result, probes)`` (see ``chimera.clrs.probing``)."""
+
+from chimera.clrs.algorithms.arrays import (
+    activity_selector,
+    binary_search,
+    bubble_sort,
+    find_maximum_subarray_kadane,
+    heapsort,
+    insertion_sort,
+    minimum,
+    quickselect,
+    quicksort,
+    task_scheduling,
+)
+from chimera.clrs.algorithms.dynamic_programming import lcs_length, matrix_chain_order, optimal_bst
+
+ALGORITHMS = {f.__name__: f for f in (
+    insertion_sort, bubble_sort, heapsort, quicksort, minimum, binary_search, quickselect,
+    find_maximum_subarray_kadane, activity_selector, task_scheduling, matrix_chain_order, lcs_length, optimal_bst)}
+
+__all__ = ["ALGORITHMS", *ALGORITHMS]
