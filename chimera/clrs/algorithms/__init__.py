@@ -13,9 +13,12 @@ from chimera.clrs.algorithms.arrays import (
     task_scheduling,
 )
 from chimera.clrs.algorithms.dynamic_programming import lcs_length, matrix_chain_order, optimal_bst
+from chimera.clrs.algorithms.geometry import graham_scan, jarvis_march, segments_intersect
+from chimera.clrs.algorithms.strings import kmp_matcher, naive_string_matcher
 
 ALGORITHMS = {f.__name__: f for f in (
     insertion_sort, bubble_sort, heapsort, quicksort, minimum, binary_search, quickselect,
-    find_maximum_subarray_kadane, activity_selector, task_scheduling, matrix_chain_order, lcs_length, optimal_bst)}
+    find_maximum_subarray_kadane, activity_selector, task_scheduling, matrix_chain_order, lcs_length, optimal_bst,
+    naive_string_matcher, kmp_matcher, segments_intersect, graham_scan, jarvis_march)}
 
 __all__ = ["ALGORITHMS", *ALGORITHMS]
