@@ -64,7 +64,24 @@ def random_inputs(name: str, n: int, rng: np.random.Generator) -> tuple:
         if name == "jarvis_march" and rng.random() < 0.3:  # (the official Graham scan loops forever on these)
             return (rng.integers(0, 3, n).astype(float), rng.integers(0, 3, n).astype(float))
         return (u(n), u(n))
+    if name in GRAPH_ALGOS:
+        p = rng.uniform(0.1, 0.9)
+        A = (rng.random((n, n)) < p).astype(float) * rng.uniform(0.05, 1.0, (n, n))
+        np.fill_diagonal(A, 0)
+        if name in ("articulation_points", "bridges", "mst_kruskal", "mst_prim"):
+            A = np.triu(A) + np.triu(A).T
+        if name in ("topological_sort", "dag_shortest_paths"):
+            A = np.triu(A)
+        if name in ("dfs", "bfs", "topological_sort", "articulation_points", "bridges",
+                    "strongly_connected_components"):
+            A = (A > 0).astype(float)
+        takes_source = name in ("bfs", "mst_prim", "bellman_ford", "dijkstra", "dag_shortest_paths")
+        return (A, int(rng.integers(0, n))) if takes_source else (A,)
     raise KeyError(name)
+
+
+GRAPH_ALGOS = ("dfs", "bfs", "topological_sort", "articulation_points", "bridges", "strongly_connected_components",
+               "mst_kruskal", "mst_prim", "bellman_ford", "dijkstra", "dag_shortest_paths", "floyd_warshall")
 
 
 def compare(a, b, where: str) -> list[str]:

@@ -29,6 +29,14 @@ class Type:
     SOFT_POINTER = "soft_pointer"
 
 
+class OutputClass:
+    """Values of mask-like outputs: positive, negative, and masked (not part of the answer)."""
+
+    POSITIVE, NEGATIVE, MASKED = 1, 0, -1
+
+
+OUTPUT_MASKED = OutputClass.MASKED
+
 STAGES = (Stage.INPUT, Stage.OUTPUT, Stage.HINT)
 LOCATIONS = (Location.NODE, Location.EDGE, Location.GRAPH)
 TYPES = tuple(v for k, v in vars(Type).items() if k.isupper())
