@@ -50,6 +50,17 @@ class ModelsArgs:
 
 
 @dataclass
+class CLRSSampleArgs:
+    """Print one sampled problem of a CLRS algorithm: its inputs, hints (per step) and outputs."""
+
+    algorithm: Annotated[str, tyro.conf.Positional]
+    """An official CLRS-30 name, e.g. insertion_sort, bfs, kmp_matcher (chimera clrs list)."""
+    n: int = 8
+    """Problem size (nodes)."""
+    seed: int = 0
+
+
+@dataclass
 class EnvsArgs:
     """List environment ids, or step one and print its steps/s: `chimera envs`, `chimera envs check ID`."""
 
@@ -155,6 +166,54 @@ def cmd_envs(argv: list[str]) -> int:
     return 0
 
 
+CLRS_USAGE = """usage: chimera clrs {train,sample,list} [ARGS...]
+
+CLRS-30 algorithmic reasoning: the 30 instrumented algorithms and encode-process-decode learners.
+  chimera clrs list                      the 30 algorithms by family
+  chimera clrs sample ALGO [--n N]       print one sampled problem with its hints and outputs
+  chimera clrs train [OPTIONS]           train MPNN / PGN / Triplet-GMPNN on one or more algorithms
+Run `chimera clrs train --help` or `chimera clrs sample --help` for options."""
+
+
+def cmd_clrs(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(CLRS_USAGE)
+        return 0
+    action, rest = argv[0], argv[1:]
+    if action == "list":
+        from chimera.clrs.specs import FAMILIES
+
+        for family, algos in FAMILIES.items():
+            print(f"{family:<22} {', '.join(algos)}")
+        return 0
+    if action == "sample":
+        import numpy as np
+
+        from chimera.clrs.samplers import Sampler
+
+        args = tyro.cli(CLRSSampleArgs, args=rest, prog="chimera clrs sample")
+        probes = Sampler(args.algorithm, args.n, 1, args.seed)._data[0]
+        np.set_printoptions(precision=3, suppress=True, linewidth=120)
+        for stage in ("input", "hint", "output"):
+            for loc, feats in probes[stage].items():
+                for name, f in feats.items():
+                    shape = "x".join(map(str, f["data"].shape))
+                    print(f"-- {stage} {loc} {name} ({f['type_']}, {shape})\n{f['data']}")
+        return 0
+    if action == "train":
+        from chimera.clrs.train import TrainCLRSConfig, train_clrs
+
+        cfg, flags = parse_cli(
+            TrainCLRSConfig, rest, prog="chimera clrs train",
+            description=("Train an encode-process-decode learner (MPNN, PGN or Triplet-GMPNN) on CLRS algorithms; "
+                         "several algorithms share one processor. Ends with validation (n=16) and out-of-"
+                         "distribution test (n=64) scores. --resume RUN_DIR continues a run."),
+            preset_flags=("--preset", "--resume"))
+        train_clrs(cfg, resume=flags.get("--resume"))
+        return 0
+    raise ConfigError(f"unknown clrs action {action!r}\n\n{CLRS_USAGE}")
+
+
 def cmd_generate(argv: list[str]) -> int:
     import torch
 
@@ -249,6 +308,7 @@ COMMANDS = {
     "train-rl": (cmd_train_rl, "train one agent on a mix of environments with PPO or ESPO"),
     "eval-rl": (cmd_eval_rl, "play episodes with a trained agent; return and success per environment"),
     "envs": (cmd_envs, "list environment ids, or step one and print its steps/s"),
+    "clrs": (cmd_clrs, "CLRS-30: list / sample algorithms, train MPNN / PGN / Triplet-GMPNN learners"),
     "train-lm": (cmd_train_lm, "train a hybrid LM on synthetic reasoning tasks (presets in configs/)"),
     "generate": (cmd_generate, "generate text from a checkpoint directory, with or without thinking"),
     "models": (cmd_models, "list named model sizes and their parameter counts"),

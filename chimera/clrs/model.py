@@ -1,0 +1,356 @@
+"""The encode-process-decode learner of the generalist CLRS paper (Ibarz et al. 2022), in PyTorch.
+
+Per step: every input and (current) hint is encoded by a linear layer into node, edge or graph
+features (pointers become edge features and extend the adjacency); a processor updates the node
+states from z = [node features, previous state]; per feature a decoder reads [node features,
+previous state, new state] (and edge features, plus triplet edge messages for Triplet-GMPNN).
+No teacher forcing: from the second step on, the hints fed back are the model's own soft
+predictions (sigmoid / softmax / soft pointers / Sinkhorn permutations).
+
+Processors (all with max aggregation, a 2-layer message MLP, layer norm):
+``mpnn`` (fully connected), ``pgn`` (the graph's adjacency, from the inputs' masks and
+pointers), ``triplet_gmpnn`` (fully connected, triplet edge messages, gating whose last layer
+starts at bias -3). Sorting outputs that must be permutations are decoded as a permutation
+matrix (Gumbel-Sinkhorn while training) plus a mask of the first node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chimera.clrs.samplers import Batch
+from chimera.clrs.specs import SPECS, Location, Stage, Type
+
+PROCESSORS = ("mpnn", "pgn", "triplet_gmpnn")
+
+
+@dataclass
+class ModelConfig:
+    processor: Literal["mpnn", "pgn", "triplet_gmpnn"] = "triplet_gmpnn"
+    hidden: int = 128
+    triplet_features: int = 8
+    layer_norm: bool = True
+    sinkhorn_steps: int = 10
+    sinkhorn_temperature: float = 0.1
+
+
+# ---- data: numpy probes -> typed tensors -----------------------------------------------------------------------
+@dataclass
+class Feature:
+    location: str
+    type_: str
+    data: torch.Tensor  # pointers one-hot over nodes; permutations as matrices
+
+
+def _one_hot(idx: np.ndarray, n: int) -> torch.Tensor:
+    return F.one_hot(torch.as_tensor(idx, dtype=torch.long), n).float()
+
+
+def permutation_target(pred: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predecessor pointers of a linear order -> (cyclic predecessor matrix, one-hot of the first node)."""
+    B, n = pred.shape
+    P = _one_hot(pred, n)
+    first = (pred == np.arange(n)).argmax(-1)
+    pointed = P.sum(1)  # how often each node is someone's predecessor
+    pointed[torch.arange(B), torch.as_tensor(first)] -= 1  # not counting the first node's self-pointer
+    last = pointed.argmin(-1)
+    P[torch.arange(B), torch.as_tensor(first)] = F.one_hot(last, n).float()
+    return P, _one_hot(first, n)
+
+
+def to_feature(location: str, type_: str, data: np.ndarray, n: int) -> Feature:
+    if type_ == Type.POINTER:
+        return Feature(location, type_, _one_hot(data, n))
+    return Feature(location, type_, torch.as_tensor(data, dtype=torch.float32))
+
+
+def targets(batch: Batch) -> dict[str, Feature]:
+    """Output targets; a should-be-permutation output becomes a permutation matrix and a first-node mask."""
+    n, out = batch.num_nodes, {}
+    for name, f in batch.outputs.items():
+        if f.type_ == Type.SHOULD_BE_PERMUTATION:
+            P, first = permutation_target(f.data.astype(int))
+            out[name] = Feature(f.location, Type.PERMUTATION_POINTER, P)
+            out[name + "_mask"] = Feature(f.location, Type.MASK_ONE, first)
+        else:
+            out[name] = to_feature(f.location, f.type_, f.data.astype(int) if f.type_ == Type.POINTER else f.data, n)
+    return out
+
+
+def decoded_spec(algorithm: str) -> dict[str, tuple[str, str, str]]:
+    """The features a model for ``algorithm`` decodes: hints and outputs, permutations split in two."""
+    spec = {}
+    for name, (stage, loc, t) in SPECS[algorithm].items():
+        if stage == Stage.INPUT:
+            continue
+        if t == Type.SHOULD_BE_PERMUTATION:
+            spec[name] = (stage, loc, Type.PERMUTATION_POINTER)
+            spec[name + "_mask"] = (stage, loc, Type.MASK_ONE)
+        else:
+            spec[name] = (stage, loc, t)
+    return spec
+
+
+def categories(algorithm: str, batch: Batch) -> dict[str, int]:
+    return {name: int(f.data.shape[-1]) for group in (batch.inputs, batch.hints, batch.outputs)
+            for name, f in group.items() if f.type_ == Type.CATEGORICAL}
+
+
+# ---- encoders, processor, decoders -------------------------------------------------------------------------------
+def log_sinkhorn(x: torch.Tensor, steps: int, temperature: float, noise: bool) -> torch.Tensor:
+    if noise:
+        u = torch.rand_like(x)
+        x = x - torch.log(-torch.log(u + 1e-12) + 1e-12)
+    x = x / temperature - 1e6 * torch.eye(x.shape[-1])
+    for _ in range(steps):
+        x = torch.log_softmax(x, -1)
+        x = torch.log_softmax(x, -2)
+    return x
+
+
+class Processor(nn.Module):
+    def __init__(self, kind: str, h: int, triplet_features: int, layer_norm: bool):
+        super().__init__()
+        if kind not in PROCESSORS:
+            raise ValueError(f"unknown processor {kind!r}; choose one of {', '.join(PROCESSORS)}")
+        self.kind, self.h = kind, h
+        self.m1, self.m2, self.me, self.mg = nn.Linear(2 * h, h), nn.Linear(2 * h, h), nn.Linear(h, h), nn.Linear(h, h)
+        self.msg_mlp = nn.Sequential(nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
+        self.o1, self.o2 = nn.Linear(2 * h, h), nn.Linear(h, h)
+        self.ln = nn.LayerNorm(h) if layer_norm else nn.Identity()
+        self.gated = self.triplets = kind == "triplet_gmpnn"
+        if self.gated:
+            self.g1, self.g2, self.g3 = nn.Linear(2 * h, h), nn.Linear(h, h), nn.Linear(h, h)
+            nn.init.constant_(self.g3.bias, -3.0)  # gates start mostly closed: keep the previous state
+        if self.triplets:
+            t = triplet_features
+            self.t1, self.t2, self.t3 = nn.Linear(2 * h, t), nn.Linear(2 * h, t), nn.Linear(2 * h, t)
+            self.te1, self.te2, self.te3 = nn.Linear(h, t), nn.Linear(h, t), nn.Linear(h, t)
+            self.tg, self.o3 = nn.Linear(h, t), nn.Linear(t, h)
+
+    def forward(self, node, edge, graph, adj, hidden):
+        z = torch.cat([node, hidden], -1)
+        tri = None
+        if self.triplets:  # (B, i, j, k): max over i -> edge messages (B, j, k)
+            ts = (self.t1(z)[:, :, None, None] + self.t2(z)[:, None, :, None] + self.t3(z)[:, None, None, :]
+                  + self.te1(edge)[:, :, :, None] + self.te2(edge)[:, :, None, :] + self.te3(edge)[:, None, :, :]
+                  + self.tg(graph)[:, None, None, None])
+            tri = F.relu(self.o3(ts.amax(1)))
+        # msgs[b, i, j]: from sender i to receiver j
+        msgs = self.m1(z)[:, None] + self.m2(z)[:, :, None] + self.me(edge) + self.mg(graph)[:, None, None]
+        msgs = self.msg_mlp(msgs)
+        if self.kind != "pgn":
+            adj = torch.ones_like(adj)
+        msgs = msgs.masked_fill(adj[..., None] < 0.5, -1e9).amax(1)
+        out = self.ln(F.relu(self.o1(z) + self.o2(msgs)))
+        if self.gated:
+            gate = torch.sigmoid(self.g3(F.relu(self.g1(z) + self.g2(msgs))))
+            out = out * gate + hidden * (1 - gate)
+        return out, tri
+
+
+class Decoder(nn.Module):
+    """Logits for one feature from h_t = [node features, old state, new state] (3h) and edge features."""
+
+    def __init__(self, loc: str, t: str, h: int, e: int, k: int):
+        super().__init__()
+        self.loc, self.t = loc, t
+        out = k if t == Type.CATEGORICAL else 1
+        if loc == Location.NODE:
+            if t in (Type.POINTER, Type.PERMUTATION_POINTER):
+                self.a, self.b = nn.Linear(3 * h, h), nn.Linear(3 * h, h)
+                self.c, self.d = nn.Linear(e, h), nn.Linear(h, 1)
+            else:
+                self.a = nn.Linear(3 * h, out)
+        elif loc == Location.EDGE:
+            width = h if t == Type.POINTER else out
+            self.a, self.b, self.c = nn.Linear(3 * h, width), nn.Linear(3 * h, width), nn.Linear(e, width)
+            if t == Type.POINTER:
+                self.d, self.f = nn.Linear(3 * h, h), nn.Linear(h, 1)
+        else:
+            self.a, self.b = nn.Linear(3 * h, out), nn.Linear(h, out)
+            if t == Type.POINTER:
+                self.c = nn.Linear(3 * h, 1)
+
+    def forward(self, h_t, edge, graph):
+        t = self.t
+        if self.loc == Location.NODE:
+            if t in (Type.POINTER, Type.PERMUTATION_POINTER):  # logits[b, i, j]: node i points to j
+                p_e = self.b(h_t)[:, :, None] + self.c(edge)
+                return self.d(torch.maximum(self.a(h_t)[:, :, None], p_e.transpose(1, 2))).squeeze(-1)
+            y = self.a(h_t)
+            return y if t == Type.CATEGORICAL else y.squeeze(-1)
+        if self.loc == Location.EDGE:
+            y = self.a(h_t)[:, :, None] + self.b(h_t)[:, None, :] + self.c(edge)
+            if t == Type.POINTER:  # logits[b, i, j, k]
+                return self.f(torch.maximum(y[:, :, :, None], self.d(h_t)[:, None, None])).squeeze(-1)
+            return y if t == Type.CATEGORICAL else y.squeeze(-1)
+        y = self.a(h_t.amax(1)) + self.b(graph)
+        if t == Type.POINTER:
+            return (y[:, None] + self.c(h_t)).squeeze(-1)
+        return y if t == Type.CATEGORICAL else y.squeeze(-1)
+
+
+class EncodeProcessDecode(nn.Module):
+    def __init__(self, algorithm: str, cfg: ModelConfig, cats: dict[str, int]):
+        super().__init__()
+        self.algorithm, self.cfg = algorithm, cfg
+        h = cfg.hidden
+        self.spec = SPECS[algorithm]
+        self.encoders = nn.ModuleDict()
+        for name, (stage, loc, t) in self.spec.items():
+            if stage == Stage.OUTPUT:
+                continue
+            self.encoders[name] = nn.Linear(cats.get(name, 1), h)
+            if loc == Location.EDGE and t == Type.POINTER:
+                self.encoders[name + "@2"] = nn.Linear(1, h)
+        self.processor = Processor(cfg.processor, h, cfg.triplet_features, cfg.layer_norm)
+        e = 2 * h if cfg.processor == "triplet_gmpnn" else h
+        self.dspec = decoded_spec(algorithm)
+        self.decoders = nn.ModuleDict({name: Decoder(loc, t, h, e, cats.get(name, 1))
+                                       for name, (_, loc, t) in self.dspec.items()})
+
+    # -- encoding --
+    def encode(self, feats: dict[str, Feature], node, edge, graph, adj):
+        for name, f in feats.items():
+            enc, x = self.encoders[name], f.data
+            if f.type_ in (Type.POINTER, Type.SOFT_POINTER, Type.PERMUTATION_POINTER):
+                if f.location == Location.NODE:
+                    edge = edge + enc(x[..., None])
+                    adj = torch.maximum(adj, ((x + x.transpose(1, 2)) > 0.5).float())
+                elif f.location == Location.EDGE:  # (B, i, j, k) one-hot; affine encoders commute with the mean
+                    edge = edge + enc(x.mean(1)[..., None]) + self.encoders[name + "@2"](x.mean(2)[..., None])
+                else:
+                    node = node + enc(x[..., None])
+                continue
+            e = enc(x) if f.type_ == Type.CATEGORICAL else enc(x[..., None])
+            if f.location == Location.NODE:
+                node = node + e
+            elif f.location == Location.EDGE:
+                edge = edge + e
+                if f.type_ == Type.MASK:
+                    adj = torch.maximum(adj, ((x + x.transpose(1, 2)) > 0).float())
+            else:
+                graph = graph + e
+        return node, edge, graph, adj
+
+    def soft(self, name: str, logits: torch.Tensor) -> Feature:
+        """A decoded hint turned back into an encodable feature (no teacher forcing)."""
+        _, loc, t = self.dspec[name]
+        if t == Type.MASK:
+            return Feature(loc, t, torch.sigmoid(logits))
+        if t in (Type.MASK_ONE, Type.CATEGORICAL, Type.POINTER):
+            return Feature(loc, Type.SOFT_POINTER if t == Type.POINTER else t, torch.softmax(logits, -1))
+        if t == Type.PERMUTATION_POINTER:
+            return Feature(loc, t, log_sinkhorn(logits, 25, self.cfg.sinkhorn_temperature, False).exp())
+        return Feature(loc, t, logits)
+
+    def forward(self, batch: Batch, inputs: dict[str, Feature], first_hints: dict[str, Feature]):
+        """-> (output logits at each sample's last step, hint logits per step (list over steps))."""
+        B, n, h = batch.size, batch.num_nodes, self.cfg.hidden
+        steps = max(1, int(batch.lengths.max()) - 1)
+        lengths = torch.as_tensor(batch.lengths)
+        hidden = torch.zeros(B, n, h)
+        hints, outputs, hint_preds = first_hints, None, []
+        for i in range(steps):
+            node, edge, graph = torch.zeros(B, n, h), torch.zeros(B, n, n, h), torch.zeros(B, h)
+            adj = torch.eye(n).expand(B, n, n)
+            node, edge, graph, adj = self.encode({**inputs, **hints}, node, edge, graph, adj)
+            new, tri = self.processor(node, edge, graph, adj, hidden)
+            h_t = torch.cat([node, hidden, new], -1)
+            e_t = edge if tri is None else torch.cat([edge, tri], -1)
+            preds = {name: dec(h_t, e_t, graph) for name, dec in self.decoders.items()}
+            for name, (_, _, t) in self.dspec.items():
+                if t == Type.PERMUTATION_POINTER:
+                    preds[name] = log_sinkhorn(preds[name], self.cfg.sinkhorn_steps, self.cfg.sinkhorn_temperature,
+                                               noise=self.training)
+            step_out = {k: v for k, v in preds.items() if self.dspec[k][0] == Stage.OUTPUT}
+            if outputs is None:
+                outputs = step_out
+            else:  # keep each sample's prediction from its last real step
+                live = (lengths > i + 1).float()
+                outputs = {k: torch.where(live.view(-1, *[1] * (v.dim() - 1)) > 0, v, outputs[k])
+                           for k, v in step_out.items()}
+            step_hints = {k: v for k, v in preds.items() if self.dspec[k][0] == Stage.HINT}
+            hint_preds.append(step_hints)
+            hints = {k: self.soft(k, v) for k, v in step_hints.items()}
+            hidden = new
+        return outputs, hint_preds
+
+
+# ---- losses and scores ----------------------------------------------------------------------------------------------
+def feature_loss(t: str, logits: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None = None):
+    """Per-type loss, averaged over valid entries (``valid`` broadcasts over the batch axis 0)."""
+    if t == Type.SCALAR:
+        loss, mask = (logits - truth) ** 2, torch.ones_like(truth)
+    elif t == Type.MASK:
+        mask = (truth != -1).float()
+        loss = F.binary_cross_entropy_with_logits(logits, truth.clamp(min=0), reduction="none")
+    elif t in (Type.MASK_ONE, Type.CATEGORICAL):
+        mask = (truth == 1).any(-1).float()
+        loss = -(truth.clamp(min=0) * torch.log_softmax(logits, -1)).sum(-1)
+    elif t == Type.POINTER:
+        loss, mask = -(truth * torch.log_softmax(logits, -1)).sum(-1), torch.ones(truth.shape[:-1])
+    elif t == Type.PERMUTATION_POINTER:
+        loss, mask = -(truth * logits).sum(-1), torch.ones(truth.shape[:-1])
+    else:
+        raise ValueError(f"no loss for type {t}")
+    if valid is not None:
+        mask = mask * valid.view(-1, *[1] * (mask.dim() - 1))
+    return (loss * mask).sum() / mask.sum().clamp(min=1e-8)
+
+
+def output_predictions(dspec: dict, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hard predictions: pointer indices, 0/1 masks, one-hot classes; permutations fused with their first-node mask."""
+    out = {}
+    for name, x in logits.items():
+        t = dspec[name][2]
+        if name.endswith("_mask") and name[:-5] in logits and dspec[name[:-5]][2] == Type.PERMUTATION_POINTER:
+            continue
+        if t == Type.PERMUTATION_POINTER:
+            first = logits[name + "_mask"].argmax(-1)
+            ptr = x.argmax(-1)
+            ptr[torch.arange(len(first)), first] = first
+            out[name] = ptr
+        elif t == Type.POINTER:
+            out[name] = x.argmax(-1)
+        elif t == Type.MASK:
+            out[name] = (x > 0).float()
+        elif t in (Type.MASK_ONE, Type.CATEGORICAL):
+            out[name] = F.one_hot(x.argmax(-1), x.shape[-1]).float()
+        else:
+            out[name] = x
+    return out
+
+
+def score(batch: Batch, preds: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The benchmark's scores per output (pointer / mask_one / categorical accuracy, mask F1, scalar MSE) and
+    their mean."""
+    res = {}
+    for name, f in batch.outputs.items():
+        p = preds[name].numpy()
+        truth = f.data
+        t = f.type_
+        if t in (Type.POINTER, Type.SHOULD_BE_PERMUTATION):
+            res[name] = float((p == truth).mean())
+        elif t == Type.MASK:
+            m = truth != -1
+            tp = ((p > 0.5) & (truth > 0.5) & m).sum()
+            fp = ((p > 0.5) & (truth < 0.5) & m).sum()
+            fn = ((p < 0.5) & (truth > 0.5) & m).sum()
+            precision = tp / (tp + fp) if tp + fp else 1.0
+            recall = tp / (tp + fn) if tp + fn else 1.0
+            res[name] = float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0
+        elif t in (Type.MASK_ONE, Type.CATEGORICAL):
+            m = np.all(truth != -1, -1)
+            res[name] = float(((p.argmax(-1) == truth.argmax(-1)) * m).sum() / m.sum())
+        else:
+            res[name] = float(((p - truth) ** 2).mean())
+    res["score"] = float(np.mean(list(res.values())))
+    return res

@@ -1,0 +1,143 @@
+"""CLRS samplers, the encode-process-decode learner, its losses and scores, and the training loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from chimera.clrs.model import (
+    PROCESSORS,
+    EncodeProcessDecode,
+    ModelConfig,
+    Processor,
+    categories,
+    output_predictions,
+    permutation_target,
+    score,
+    targets,
+)
+from chimera.clrs.samplers import Sampler, sample_inputs
+from chimera.clrs.specs import CLRS_30_ALGS
+from chimera.clrs.train import CLRSRunConfig, TrainCLRSConfig, batch_loss, features, train_clrs
+
+
+def test_samplers_are_deterministic_and_batch_every_algorithm():
+    for algo in CLRS_30_ALGS:
+        a, b = Sampler(algo, 6, 3, seed=5), Sampler(algo, 6, 3, seed=5)
+        ba, bb = a.batch(2), b.batch(2)
+        for name, f in ba.hints.items():
+            assert np.array_equal(f.data, bb.hints[name].data)
+            assert f.data.shape[:2] == (int(ba.lengths.max()), 2)
+        assert ba.num_nodes == {"segments_intersect": 4, "optimal_bst": 7}.get(algo, 6)
+
+
+def test_sampler_distributions():
+    rng = np.random.default_rng(0)
+    T, P = sample_inputs("kmp_matcher", 20, rng)
+    assert len(T) + len(P) == 20 and bytes(T.astype(np.uint8)).find(bytes(P.astype(np.uint8))) >= 0
+    flips = [Sampler("segments_intersect", 4, 1, seed=s)._data[0]["output"]["graph"]["intersect"]["data"]
+             for s in range(200)]
+    assert 0.35 < np.mean(flips) < 0.65  # intersecting and not, about half each
+    A, s = sample_inputs("dijkstra", 16, rng)
+    assert np.allclose(A, A.T) and 0 <= s < 16  # undirected, weighted
+    A = sample_inputs("topological_sort", 16, rng)[0]
+    assert np.all(np.linalg.matrix_power(A, 16) == 0)  # acyclic
+    xs, ys = sample_inputs("graham_scan", 10, rng)
+    assert np.all(xs**2 + ys**2 <= 4.0 + 1e-9)
+    with pytest.raises(ValueError, match="unknown CLRS algorithm 'bubblesort'"):
+        sample_inputs("bubblesort", 4, rng)
+
+
+def test_permutation_target_round_trips_to_predecessor_pointers():
+    pred = np.array([[2, 0, 2, 1], [0, 2, 3, 0]])  # orders 2,0,1,3 and 0,3,2,1
+    P, first = permutation_target(pred)
+    assert torch.equal(first.argmax(-1), torch.tensor([2, 0]))
+    assert torch.all(P.sum(-1) == 1) and torch.all(P.sum(-2) == 1)  # a permutation matrix (cyclic)
+    logits = {"pred": torch.log(P + 1e-9), "pred_mask": torch.log(first + 1e-9)}
+    dspec = {"pred": ("output", "node", "permutation_pointer"), "pred_mask": ("output", "node", "mask_one")}
+    assert torch.equal(output_predictions(dspec, logits)["pred"], torch.as_tensor(pred))
+
+
+@pytest.mark.parametrize("algo", ["insertion_sort", "bfs", "floyd_warshall", "lcs_length", "segments_intersect",
+                                  "articulation_points", "bridges", "dag_shortest_paths", "minimum"])
+def test_perfect_predictions_score_one(algo):
+    batch = Sampler(algo, 7, 4, seed=1).batch(4)
+    logits = {}
+    for name, f in targets(batch).items():
+        x = f.data.clone()
+        logits[name] = torch.where(x > 0.5, 10.0, -10.0) if f.type_ in ("mask",) else torch.log(x.clamp(min=0) + 1e-9)
+    net = EncodeProcessDecode(algo, ModelConfig(hidden=8), categories(algo, batch))
+    assert score(batch, output_predictions(net.dspec, logits))["score"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("processor", PROCESSORS)
+@pytest.mark.parametrize("algo", ["floyd_warshall", "lcs_length", "kmp_matcher", "heapsort", "segments_intersect"])
+def test_every_processor_runs_every_feature_kind(processor, algo):
+    torch.manual_seed(0)
+    batch = Sampler(algo, 5 if algo != "kmp_matcher" else 10, 3, seed=0).batch(3)
+    net = EncodeProcessDecode(algo, ModelConfig(processor=processor, hidden=16), categories(algo, batch))
+    loss, outputs = batch_loss(net, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    # (triplet messages reach only the decoders that read edge features, which segments_intersect has none of)
+    assert all(p.grad is not None for m in (net.processor.m1, net.processor.o1, net.processor.o2)
+               for p in m.parameters())
+    for name, f in targets(batch).items():
+        assert outputs[name].shape[:f.data.dim()] == f.data.shape[:outputs[name].dim()]
+
+
+def test_triplet_gmpnn_gate_starts_closed():
+    proc = Processor("triplet_gmpnn", 16, 8, True)
+    assert torch.all(proc.g3.bias == -3.0)
+    assert proc.triplets and not Processor("mpnn", 16, 8, True).gated
+
+
+def test_pgn_uses_the_graph_and_mpnn_everything():
+    torch.manual_seed(0)
+    h, n = 8, 4
+    node, edge, graph = torch.randn(1, n, h), torch.randn(1, n, n, h), torch.randn(1, h)
+    adj = torch.eye(n)[None]
+    pgn, mpnn = Processor("pgn", h, 4, False), Processor("mpnn", h, 4, False)
+    mpnn.load_state_dict(pgn.state_dict())
+    out_pgn, _ = pgn(node, edge, graph, adj, torch.zeros(1, n, h))
+    out_mpnn, _ = mpnn(node, edge, graph, adj, torch.zeros(1, n, h))
+    assert not torch.allclose(out_pgn, out_mpnn)
+    full, _ = pgn(node, edge, graph, torch.ones(1, n, n), torch.zeros(1, n, h))
+    assert torch.allclose(full, out_mpnn)
+
+
+@pytest.mark.parametrize("algo", ["minimum", "bfs"])
+def test_a_small_learner_fits_a_fixed_batch(algo):
+    torch.manual_seed(0)
+    batch = Sampler(algo, 5, 8, seed=0).batch(8)
+    net = EncodeProcessDecode(algo, ModelConfig(processor="triplet_gmpnn", hidden=32), categories(algo, batch))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = None
+    for _ in range(80):
+        loss, _ = batch_loss(net, batch)
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.3 * first
+    net.eval()
+    inputs, hints, _ = features(batch)
+    with torch.no_grad():
+        outputs, _ = net(batch, inputs, hints)
+    assert score(batch, output_predictions(net.dspec, outputs))["score"] > 0.9
+
+
+def test_train_clrs_runs_checkpoints_and_resumes(tmp_path):
+    cfg = TrainCLRSConfig(algorithms=("minimum", "bfs"), processor="mpnn", hidden=8, steps=4, batch_size=2,
+                          eval_every=2, val_samples=4, test_size=8, test_samples=2,
+                          run=CLRSRunConfig(out_dir=str(tmp_path), log_every=2, ckpt_every=2, plots=False))
+    run, results = train_clrs(cfg, log=lambda *_: None)
+    assert set(results) == {"minimum", "bfs"} and all(0 <= r["test"] <= 1 for r in results.values())
+    assert (run.path / "results.json").exists()
+    import dataclasses
+
+    more = dataclasses.replace(cfg, steps=6)
+    logs = []
+    train_clrs(more, resume=str(run.path), log=logs.append)
+    assert any("resumed" in line and "step 4" in line for line in logs)
+    with pytest.raises(ValueError, match="unknown CLRS algorithm"):
+        train_clrs(dataclasses.replace(cfg, algorithms=("sorting",)), log=lambda *_: None)
