@@ -45,9 +45,10 @@ class NerveNet(nn.Module):
         self.messages = nn.ModuleDict({e: mlp(hidden, hidden, hidden) for e in self.edge_types})
         self.update_cell = nn.GRUCell(hidden, hidden)
         self.outputs = nn.ModuleDict({t: mlp(hidden, hidden, a) for t, (_, a) in dims.items() if a})
-        for out in self.outputs.values():  # small initial actions, as for the MLP policy's head
-            nn.init.orthogonal_(out[-1].weight, 0.01)
-            nn.init.zeros_(out[-1].bias)
+        if "output" not in freeze:  # small initial actions, as for the MLP policy's head; a frozen output MLP
+            for out in self.outputs.values():  # keeps its default init, or it could never move the actions
+                nn.init.orthogonal_(out[-1].weight, 0.01)
+                nn.init.zeros_(out[-1].bias)
         self.log_std = nn.ParameterDict({t: nn.Parameter(torch.zeros(a)) for t, (_, a) in dims.items() if a})
         self.freeze(freeze)
         self.frozen = tuple(freeze)
