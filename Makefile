@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo demo-lm test lint bench clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,19 @@ $(VENV)/.core: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+$(VENV)/.envs: pyproject.toml $(VENV)/.core
+	$(BIN)/pip install --quiet -e ".[envs]"
+	touch $@
+
 $(VENV)/.dev: pyproject.toml $(VENV)/.core
 	$(BIN)/pip install --quiet -e ".[dev,envs]"
 	touch $@
 
-demo: $(VENV)/.core
+demo: $(VENV)/.envs
 	bash scripts/demo.sh
+
+demo-lm: $(VENV)/.core
+	bash scripts/demo-lm.sh
 
 test: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The demo: train a tiny hybrid Mamba/attention/MoE model (pattern MEM*ME) to think step by step on
-# held-out addition and sorting problems, then ask it one question and print the per-task accuracy.
+# The flagship demo (make demo): one agent with the hybrid Mamba / MoE core, trained with ESPO on
+# MiniHack Room-5x5, MiniHack Corridor-R2 and CartPole at once (about 10 minutes on 2 cores), then
+# evaluated on fresh seeded episodes: a table of per-environment return and success, and the plots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 OUT=runs
-$BIN/chimera train-lm --preset configs/demo.json --run.out-dir "$OUT"
-RUN=$(ls -td "$OUT"/demo-* | head -n 1)
+$BIN/chimera train-rl --preset configs/demo.json --run.out-dir "$OUT"
+RUN=$(ls -td "$OUT"/demo-2* | head -n 1)
 echo
-echo "== a held-out question, answered by the trained model (greedy, thinking shown) =="
-$BIN/chimera generate "$RUN/model" --prompt "407+61=" --show-special
+echo "== evaluation: 20 fresh episodes per environment ($RUN) =="
+$BIN/chimera eval-rl "$RUN" --episodes 20
 echo
-echo "== final metrics ($RUN) =="
-$BIN/chimera report "$RUN" | grep -E "eval/|train_loss|wrote"
+echo "learning curves: $RUN/plots/charts.png (per-environment return and success), $RUN/plots/losses.png"
+echo "watch an episode: $BIN/chimera eval-rl $RUN --episodes 1 --render"

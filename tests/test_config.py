@@ -69,12 +69,15 @@ def test_preset_wrong_type_names_key_value_and_expected():
 def test_presets_in_configs_load():
     from pathlib import Path
 
+    from chimera.clrs.train import TrainCLRSConfig
     from chimera.rl.train import TrainRLConfig
 
     presets = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.json"))
     assert presets
+    kinds = {"rl-": TrainRLConfig, "demo.json": TrainRLConfig, "clrs-": TrainCLRSConfig}
     for p in presets:
-        load_preset(TrainRLConfig if p.name.startswith("rl-") else TrainLMConfig, p).validate()
+        cls = next((c for prefix, c in kinds.items() if p.name.startswith(prefix)), TrainLMConfig)
+        load_preset(cls, p).validate()
 
 
 def test_every_synthetic_task_verifies_its_own_answers_and_rejects_wrong_ones():
