@@ -105,6 +105,13 @@ def _depth_first(st: DFSState, root: int, adj: np.ndarray, hooks: Hooks, emit: C
         st.u = st.s_last
 
 
+def _forest(st: DFSState, roots, adj: np.ndarray, hooks: Hooks, emit: Callable[[], None]) -> None:
+    """A DFS tree from every root, in order, that no earlier tree reached."""
+    for s in roots:
+        if st.color[s] == 0:
+            _depth_first(st, s, adj, hooks, emit)
+
+
 def _dfs_hint(st: DFSState) -> dict:
     n = st.n
     return dict(color=st.color_hint(), s_prev=st.s_prev.copy(), s=mask_one(st.s, n), u=mask_one(st.u, n),
@@ -119,9 +126,7 @@ def dfs(A: np.ndarray):
     def emit() -> None:
         pr.hint(pi_h=st.pi.copy(), d=st.d.copy(), f=st.f.copy(), time=st.time, **_dfs_hint(st))
 
-    for s in range(n):
-        if st.color[s] == 0:
-            _depth_first(st, s, A, hooks, emit)
+    _forest(st, range(n), A, hooks, emit)
     pr.output(pi=st.pi.copy())
     return st.pi, pr.finalize()
 
@@ -157,9 +162,7 @@ def topological_sort(A: np.ndarray):
         h = _dfs_hint(st)
         pr.hint(topo_h=hooks.topo.copy(), topo_head_h=mask_one(hooks.head, n), **h)
 
-    for s in range(n):
-        if st.color[s] == 0:
-            _depth_first(st, s, A, hooks, emit)
+    _forest(st, range(n), A, hooks, emit)
     pr.output(topo=hooks.topo.copy(), topo_head=mask_one(hooks.head, n))
     return hooks.topo, pr.finalize()
 
@@ -220,9 +223,7 @@ def articulation_points(A: np.ndarray):
         pr.hint(is_cut_h=hooks.is_cut.copy(), pi_h=st.pi.copy(), d=st.d.copy(), f=st.f.copy(), low=hooks.low.copy(),
                 child_cnt=hooks.child_cnt.copy(), time=st.time, **_dfs_hint(st))
 
-    for s in range(n):
-        if st.color[s] == 0:
-            _depth_first(st, s, A, hooks, emit)
+    _forest(st, range(n), A, hooks, emit)
     pr.output(is_cut=hooks.is_cut.copy())
     return hooks.is_cut, pr.finalize()
 
@@ -245,9 +246,7 @@ def bridges(A: np.ndarray):
         pr.hint(is_bridge_h=hooks.is_bridge.copy(), pi_h=st.pi.copy(), d=st.d.copy(), f=st.f.copy(),
                 low=hooks.low.copy(), time=st.time, **_dfs_hint(st))
 
-    for s in range(n):
-        if st.color[s] == 0:
-            _depth_first(st, s, A, hooks, emit)
+    _forest(st, range(n), A, hooks, emit)
     pr.output(is_bridge=hooks.is_bridge.copy())
     return hooks.is_bridge, pr.finalize()
 
@@ -277,14 +276,10 @@ def strongly_connected_components(A: np.ndarray):
         pr.hint(scc_id_h=hooks.scc_id.copy(), A_t=with_self_loops(A_t.copy()), d=st.d.copy(), f=st.f.copy(),
                 time=st.time, phase=phase, **_dfs_hint(st))
 
-    for s in range(n):
-        if st.color[s] == 0:
-            _depth_first(st, s, A, hooks, emit)
+    _forest(st, range(n), A, hooks, emit)
     st.color, st.s_prev = np.zeros(n, dtype=np.int32), np.arange(n)
     phase, hooks.labelling = 1, True
-    for s in np.argsort(-st.f):
-        if st.color[s] == 0:
-            _depth_first(st, s, A_t, hooks, emit)
+    _forest(st, np.argsort(-st.f), A_t, hooks, emit)
     pr.output(scc_id=hooks.scc_id.copy())
     return hooks.scc_id, pr.finalize()
 
