@@ -178,7 +178,7 @@ Run `chimera clrs train --help` or `chimera clrs sample --help` for options."""
 def cmd_clrs(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(CLRS_USAGE)
-        return 0
+        raise SystemExit(0)  # as argparse does for --help
     action, rest = argv[0], argv[1:]
     if action == "list":
         from chimera.clrs.specs import FAMILIES

@@ -6,7 +6,7 @@ after training on n in {4, 7, 11, 13, 16}, beside the paper's averages over all 
 2022: Triplet-GMPNN 74.14%, MPNN 44.99%, PGN 50.84%). The paper trains 10,000 steps of batch 32 with
 hidden size 128 on accelerators; the defaults here are what two CPU cores allow, so expect far lower scores.
 
-    python experiments/clrs_generalist.py                     # 8 algorithms x 2 processors x 2 seeds
+    python experiments/clrs_generalist.py                     # 8 algorithms x 2 processors x 2 seeds, 1 generalist
     python experiments/clrs_generalist.py --steps 20 --seeds 1 --algorithms minimum bfs
 Writes results/clrs_generalist.json and results/clrs_generalist.md.
 """
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--test-samples", type=int, default=16)
-    ap.add_argument("--no-multitask", action="store_true")
+    ap.add_argument("--multitask-seeds", type=int, default=1, help="seeds of the generalist run (0: skip it)")
     ap.add_argument("--out", default=str(ROOT / "results" / "clrs_generalist.json"))
     a = ap.parse_args()
     single: dict = {}
@@ -60,8 +60,8 @@ def main() -> None:
                 print(f"{algo:<30} {proc:<14} seed {seed}: val {r['val']:.3f}  test(n=64) {r['test']:.3f}  "
                       f"({time.time() - t:.0f} s)", flush=True)
     multi: dict = {}
-    if not a.no_multitask:
-        for seed in range(1, a.seeds + 1):
+    if a.multitask_seeds:
+        for seed in range(1, a.multitask_seeds + 1):
             res = run(a.algorithms, "triplet_gmpnn", seed, a)
             for algo, r in res.items():
                 multi.setdefault(algo, []).append(r)

@@ -83,3 +83,13 @@ def test_tensorboard_logging_is_optional(tmp_path):
     run.log(1, {"losses/train_loss": 1.0})
     run.close()
     assert list((run.path / "tb").iterdir())
+
+
+def test_clrs_subcommands(capsys):
+    assert main(["clrs", "list"]) == 0
+    assert "graphs" in capsys.readouterr().out
+    assert main(["clrs", "sample", "bfs", "--n", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "-- input node s (mask_one, 4)" in out and "-- output node pi (pointer, 4)" in out
+    assert main(["clrs", "fly"]) == 2
+    assert "unknown clrs action 'fly'" in capsys.readouterr().err
