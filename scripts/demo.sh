@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The flagship demo (make demo): one agent with the hybrid Mamba / MoE core, trained with ESPO on
-# MiniHack Room-5x5, MiniHack Corridor-R2 and CartPole at once (about 10 minutes on 2 cores), then
+# MiniHack Room-5x5, MiniHack Corridor-R2 and CartPole at once (about 15 minutes on 2 cores), then
 # evaluated on fresh seeded episodes: a table of per-environment return and success, and the plots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
