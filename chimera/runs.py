@@ -206,8 +206,12 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path, keys: list[str] 
         groups.setdefault(n.split("/")[0], []).append(n)
     paths = []
     for group, members in groups.items():
-        fig, axes = plt.subplots(1, len(members), figsize=(4 * len(members), 3.2), squeeze=False)
-        for ax, name in zip(axes[0], members):
+        cols = min(4, len(members))
+        rows_n = -(-len(members) // cols)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False)
+        for ax in axes.flat[len(members):]:
+            ax.axis("off")
+        for ax, name in zip(axes.flat, members):
             pts = [(r["step"], r[name]) for r in rows if name in r]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 30 else None)
             ax.set_title(name, fontsize=9)
