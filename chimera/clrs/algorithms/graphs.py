@@ -11,6 +11,7 @@ keeps its last value between steps, exactly as the benchmark's Python loops leav
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import numpy as np
@@ -167,7 +168,7 @@ def topological_sort(A: np.ndarray):
     return hooks.topo, pr.finalize()
 
 
-class _LowHooks(Hooks):
+class _LowHooks(Hooks, ABC):
     """Low-link bookkeeping shared by articulation points and bridges."""
 
     def __init__(self, n: int):
@@ -191,8 +192,9 @@ class _LowHooks(Hooks):
                 self.low[st.u] = min(self.low[st.u], self.low[v])
                 self.child_finished(st, v)
 
+    @abstractmethod
     def child_finished(self, st: DFSState, v: int) -> None:
-        raise NotImplementedError
+        """A finished node ``st.u``'s child ``v``, after u's low value has taken v's into account."""
 
 
 class _CutHooks(_LowHooks):
