@@ -3,7 +3,8 @@
 Each iteration collects ``num_steps`` steps from every task's vector env, computes GAE (with
 truncated episodes bootstrapped from their final observation), then runs minibatch epochs over
 whole per-env sequences (recurrent cores replay them from the state stored at the rollout's
-start). The losses of all tasks are summed (unitary scalarization).
+start). The losses of all tasks are summed (unitary scalarization) or their gradients on the shared
+core combined by a multi-task aggregator (``aggregator``, see ``chimera.rl.multitask``).
 """
 
 from __future__ import annotations
