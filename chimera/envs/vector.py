@@ -62,6 +62,8 @@ class InProcessVectorEnv:
     def step(self, actions: np.ndarray):
         """-> next obs (reset where an episode ended), reward, terminated, truncated, final_obs (per env or None)."""
         obs, rew, term, trunc, finals = [], np.zeros(self.n), np.zeros(self.n, bool), np.zeros(self.n, bool), []
+        if isinstance(actions, np.ndarray) and actions.dtype.kind in "iu":
+            actions = actions.tolist()  # Python ints: gymnasium's Discrete.contains checks them fastest
         for i, env in enumerate(self.envs):
             o, r, te, tr, info = env.step(actions[i])
             rew[i], term[i], trunc[i] = r, te, tr

@@ -72,7 +72,7 @@ def evaluate_agent(run_dir: str | Path, episodes: int, seed: int, greedy: bool =
                 dist, _, state = agent.step(task, o, state, start)
                 start = torch.zeros(1, dtype=torch.bool)
                 if greedy:
-                    action = dist.probs.argmax(-1) if hasattr(dist, "probs") else dist.mean
+                    action = dist.mode
                 else:
                     action = dist.sample()
                 obs, r, term, trunc, info = env.step(clip_action(action[0].numpy(), env.action_space))

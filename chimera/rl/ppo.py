@@ -7,6 +7,7 @@ above ``delta`` (0.25 in public implementations).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -17,16 +18,18 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_v
     ``dones[t]`` marks that the episode ended at step t (terminated or truncated); a truncated
     step's reward must already include gamma * V(final observation), so no value leaks across
     the reset. Returns (advantages, returns)."""
-    T = rewards.size(0)
-    adv = torch.zeros_like(rewards)
-    last = torch.zeros_like(last_value)
-    for t in reversed(range(T)):
-        next_value = last_value if t == T - 1 else values[t + 1]
-        nonterminal = 1.0 - dones[t].float()
-        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
-        last = delta + gamma * lam * nonterminal * last
+    # a sequential scan over T of tiny (n,) rows: numpy's per-op cost is a fraction of torch's
+    r, v, last_v = rewards.numpy(), values.numpy(), last_value.numpy()
+    nonterminal = 1.0 - dones.numpy().astype(r.dtype)
+    adv = np.zeros_like(r)
+    last = np.zeros_like(last_v)
+    for t in reversed(range(r.shape[0])):
+        next_value = last_v if t == r.shape[0] - 1 else v[t + 1]
+        delta = r[t] + gamma * next_value * nonterminal[t] - v[t]
+        last = delta + gamma * lam * nonterminal[t] * last
         adv[t] = last
-    return adv, adv + values
+    adv_t = torch.from_numpy(adv)
+    return adv_t, adv_t + values
 
 
 def policy_loss(ratio: torch.Tensor, adv: torch.Tensor, algo: str, clip: float) -> torch.Tensor:

@@ -175,7 +175,7 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
     venvs = {t: make_vector(lambda t=t: make(t, **env_kwargs(t, cfg)), cfg.num_envs, cfg.run.seed + 1000 * i,
                             cfg.vector, cfg.workers, log) for i, t in enumerate(cfg.tasks)}
     agent = Agent(spaces, cfg.agent, graphs)
-    opt = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad], lr=cfg.ppo.lr, eps=1e-5, foreach=True)
+    opt = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad], lr=cfg.ppo.lr, eps=1e-5, fused=True)
     scalers = {t: RewardScaler(cfg.num_envs, cfg.ppo.gamma) for t in cfg.tasks} if cfg.reward_norm else {}
     T, n = cfg.ppo.num_steps, cfg.num_envs
     iterations = max(1, cfg.total_steps // (T * n * len(cfg.tasks)))
@@ -304,6 +304,7 @@ def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout
     """Minibatch epochs over whole env sequences; task losses combined on the shared core by ``aggregator``
     (summed by default). Returns CleanRL-named diagnostics."""
     agent.train()
+    params, shared = list(agent.parameters()), list(agent.core.parameters())
     n = next(iter(rollouts.values())).values.size(1)
     max_epochs = p.espo_max_epochs if p.algo == "espo" else p.epochs
     stats: dict[str, list[float]] = {k: [] for k in ("pg", "v", "ent", "kl", "clipfrac", "dev")}
@@ -341,9 +342,9 @@ def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout
                     epoch_dev.append(dev.mean().item())
                     dev_max = max(dev_max, dev.max().item())
             opt.zero_grad(set_to_none=True)
-            for k, v in aggregate(losses, agent.core.parameters(), aggregator).items():
+            for k, v in aggregate(losses, shared, aggregator).items():
                 stats.setdefault(k, []).append(v)
-            torch.nn.utils.clip_grad_norm_(agent.parameters(), p.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
             opt.step()
         stats["dev"] += epoch_dev
         if p.algo == "espo" and float(np.mean(epoch_dev)) > p.espo_delta:
