@@ -10,6 +10,12 @@ time of a decode step does not depend on the values, prefill speed is measured i
 bench/model_speed.py, and a 32k-token pure-PyTorch prefill of batch 8 would take most of an hour
 on two cores. Mamba states are constant-size and are prefilled for real on a short prompt.
 
+Both of our models also run on the fast path (``*-compiled``: ``chimera.models.static_decode``,
+static caches and a ``torch.compile``d step, compiled once per model with dynamic shapes; the
+warm-up step that compiles is not timed). At batch 1 a step of this 38M-parameter model reads its
+151 MB of fp32 weights, so the hybrid / Transformer ratio there is bounded by
+(weights + Transformer KV) / (weights + hybrid KV); the ``bound`` rows of the summary give it.
+
     python bench/decode_context.py            # full run -> results/decode_context.{json,png}
     python bench/decode_context.py --quick    # contexts 256 / 1024, to check the script
 """
@@ -93,11 +99,16 @@ def measure(impl: str, path: Path, context: int, batch: int, new_tokens: int) ->
         cache_bytes = lambda: hf_cache_bytes(cache)  # noqa: E731
     else:
         from chimera.models import HybridLM
+        from chimera.models.static_decode import StaticDecoder
 
         model = HybridLM.from_pretrained(path).eval()
         cache = fill_ours(model, batch, context)
-        step = lambda tok: model(tok, cache=cache, logits_to_keep=1).logits  # noqa: E731
         cache_bytes = lambda: cache.nbytes()["total"]  # noqa: E731
+        if impl == "static":  # the fast path: static caches, compiled step (compiled during the warm-up)
+            fast = StaticDecoder(model, cache, capacity=context + new_tokens + 2, compile=True)
+            step = lambda tok: fast.step(tok[:, -1])[:, None]  # noqa: E731
+        else:
+            step = lambda tok: model(tok, cache=cache, logits_to_keep=1).logits  # noqa: E731
     tok = torch.randint(16, 272, (batch, 1))
     step(tok)  # warm-up
     t0 = time.perf_counter()
@@ -116,7 +127,8 @@ def plot(results: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for impl, style in (("hybrid", "-o"), ("transformer", "--s"), ("hf-hybrid", ":^")):
+    for impl, style in (("hybrid", "-o"), ("transformer", "--s"), ("hf-hybrid", ":^"), ("hybrid-compiled", "-.o"),
+                        ("transformer-compiled", "-.s")):
         for batch in sorted({r["batch"] for r in results}):
             rows = sorted((r for r in results if r["model"] == impl and r["batch"] == batch),
                           key=lambda r: r["context"])
@@ -143,6 +155,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-hf", action="store_true", help="leave out the transformers run")
+    ap.add_argument("--skip-compiled", action="store_true", help="leave out the static-cache compiled runs")
     ap.add_argument("--out", default=str(ROOT / "results" / "decode_context.json"))
     ap.add_argument("--child", nargs=4, metavar=("IMPL", "PATH", "CTX", "BATCH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -167,10 +180,12 @@ def main() -> None:
             paths[name] = Path(tmp) / name
             HybridLM(cfg).save_pretrained(paths[name])
         runs = [("hybrid", "ours"), ("transformer", "ours")] + ([] if a.skip_hf else [("hf-hybrid", "hf")])
+        if not a.skip_compiled:
+            runs += [("hybrid-compiled", "static"), ("transformer-compiled", "static")]
         for batch in (1, 8):
             for ctx in contexts:
                 for model, impl in runs:
-                    path = paths["hybrid" if model == "hf-hybrid" else model]
+                    path = paths["transformer" if model.startswith("transformer") else "hybrid"]
                     cmd = [sys.executable, __file__, "--new-tokens", str(a.new_tokens), "--threads", str(a.threads),
                            "--child", impl, str(path), str(ctx), str(batch)]
                     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -193,6 +208,14 @@ def main() -> None:
         summary[f"batch{batch}"] = {
             "hybrid_over_transformer_speed": ratio("hybrid", "transformer"),
             "hybrid_over_hf_speed": ratio("hybrid", "hf-hybrid"),
+            "compiled_hybrid_over_compiled_transformer_speed": ratio("hybrid-compiled", "transformer-compiled"),
+            "compiled_over_plain_hybrid_speed": ratio("hybrid-compiled", "hybrid"),
+            "compiled_over_plain_transformer_speed": ratio("transformer-compiled", "transformer"),
+            # bytes a step must read, weights (fp32) + cache: the ratio a bandwidth-bound step can reach
+            "bytes_bound_hybrid_over_transformer": {
+                c: (4 * n_tf + by[("transformer", c)]["cache_mb"] * 2**20)
+                / (4 * n_hybrid + by[("hybrid", c)]["cache_mb"] * 2**20)
+                for c in contexts if ("hybrid", c) in by and ("transformer", c) in by},
             "hybrid_step_time_growth": (by[("hybrid", contexts[-1])]["ms_per_step"] /
                                         by[("hybrid", contexts[0])]["ms_per_step"])
             if ("hybrid", contexts[-1]) in by and ("hybrid", contexts[0]) in by else None,

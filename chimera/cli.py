@@ -39,6 +39,8 @@ class GenerateArgs:
     """With --thinking-budget: tokens allowed after </think> (-1: up to --max-new-tokens)."""
     speculative: bool = False
     """Greedy self-speculative decoding with the checkpoint's MTP layers (prints acceptance and speed)."""
+    compile: bool = False
+    """Decode on the fast path: static caches and a torch.compile'd step (the first run compiles, ~1 min)."""
 
 
 @dataclass
@@ -240,6 +242,8 @@ def cmd_generate(argv: list[str]) -> int:
         if not model.config.mtp_depths:
             raise ConfigError(f"{args.checkpoint} has no MTP layers (num_nextn_predict_layers=0); "
                               f"drop --speculative or train with an MTP pattern such as 'MEM*ME/*E/*E'")
+        if args.compile:
+            raise ConfigError("--speculative runs on the plain path; drop --compile (or --speculative)")
         out, stats = speculative_generate(model, prompt, args.max_new_tokens, stops)
         print(tok.decode(out, skip_special=not args.show_special))
         print(f"[speculative: {stats.rounds} rounds, acceptance {stats.acceptance_rate:.2f}, "
@@ -252,7 +256,7 @@ def cmd_generate(argv: list[str]) -> int:
                                 max_answer_tokens=args.answer_budget if args.answer_budget >= 0 else None)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                               top_p=args.top_p, stop_tokens=stops, seed=args.seed)
-    out = generate(model, [prompt], sampling, pad_id=tok.pad_id, budget=budget)[0]
+    out = generate(model, [prompt], sampling, pad_id=tok.pad_id, budget=budget, compile=args.compile)[0]
     prefix = "<think>" if args.chat and args.thinking and args.show_special else ""
     print(prefix + tok.decode(out, skip_special=not args.show_special))
     return 0

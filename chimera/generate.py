@@ -139,9 +139,11 @@ def prefill(model, ids: torch.Tensor, cache: HybridCache, mask: torch.Tensor | N
 
 @torch.no_grad()
 def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None = None,
-             pad_id: int = 0, prefill_chunk: int = 0, budget: ThinkingBudget | None = None) -> list[list[int]]:
+             pad_id: int = 0, prefill_chunk: int = 0, budget: ThinkingBudget | None = None,
+             compile: bool = False) -> list[list[int]]:
     """Generate continuations for a batch of token-id prompts; returns the new tokens of each
-    (up to and including its stop token). ``budget`` limits the thinking segment."""
+    (up to and including its stop token). ``budget`` limits the thinking segment. ``compile``
+    decodes on the fast path (``chimera.models.static_decode``: static caches, compiled step)."""
     cfg = cfg or SamplingConfig()
     device = model.lm_head.weight.device
     ids, mask = left_pad(prompts, pad_id)
@@ -152,6 +154,10 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
     cache = model.new_cache(b, kv_capacity=ids.size(1) + cfg.max_new_tokens)
     logits = prefill(model, ids, cache, mask, prefill_chunk)
+    if compile:
+        from chimera.models.static_decode import StaticDecoder
+
+        fast = StaticDecoder(model, cache, capacity=ids.size(1) + cfg.max_new_tokens, compile=True)
     outputs: list[list[int]] = [[] for _ in range(b)]
     done = [False] * b
     stops = set(cfg.stop_tokens)
@@ -171,5 +177,5 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None
                     done[i] = done[i] or state.done(i)
         if all(done):
             break
-        logits = model(nxt[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
+        logits = fast.step(nxt) if compile else model(nxt[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
     return outputs

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The flagship demo (make demo): one agent with the hybrid Mamba / MoE core, trained with ESPO on
-# MiniHack Room-5x5, MiniHack Corridor-R2 and CartPole at once (about 15 minutes on 2 cores), then
-# evaluated on fresh seeded episodes: a table of per-environment return and success, and the plots.
+# MiniHack Room-5x5, MiniHack Room-Dark-5x5 (unlit: the agent sees only the squares next to it) and
+# CartPole at once (about 15 minutes on 2 cores), then evaluated on fresh seeded episodes: a table
+# of per-environment return and success, and the plots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin

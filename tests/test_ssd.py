@@ -54,3 +54,29 @@ def test_chunked_scan_with_resets_matches_recurrent_step(chunk):
         ys.append(y_t)
     torch.testing.assert_close(y, torch.stack(ys, 1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(final, state, atol=1e-5, rtol=1e-5)
+
+
+def test_recurrent_steps_equal_single_steps():
+    """ssd_recurrent (decode / verify) = ssd_step applied position by position, with resets and history."""
+    from chimera.models.ssd import ssd_recurrent
+
+    g = torch.Generator().manual_seed(3)
+    b, l, h, p, n, groups = 2, 5, 4, 3, 6, 2
+    x, dt = torch.randn(b, l, h, p, generator=g), torch.rand(b, l, h, generator=g)
+    A = -torch.rand(h, generator=g) * 3
+    B, C = torch.randn(b, l, groups, n, generator=g), torch.randn(b, l, groups, n, generator=g)
+    state0 = torch.randn(b, h, p, n, generator=g)
+    reset = torch.rand(b, l, generator=g) < 0.3
+    y, final, hist = ssd_recurrent(state0, x, dt, A, B, C, reset, history=True)
+    state = state0
+    torch.testing.assert_close(hist[0], state0)
+    for t in range(l):
+        y_t, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], reset[:, t])
+        torch.testing.assert_close(y[:, t], y_t)
+        torch.testing.assert_close(hist[t + 1], state)
+    torch.testing.assert_close(final, state)
+    y1, s1, none = ssd_recurrent(state0, x[:, :1], dt[:, :1], A, B[:, :1], C[:, :1])
+    y_t, s_t = ssd_step(state0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+    assert none is None
+    torch.testing.assert_close(y1[:, 0], y_t)
+    torch.testing.assert_close(s1, s_t)

@@ -11,7 +11,7 @@ from torch import nn
 from chimera.models.cache import MambaState
 from chimera.models.config import HybridConfig
 from chimera.models.norm import GatedRMSNorm
-from chimera.models.ssd import ssd_chunked, ssd_step
+from chimera.models.ssd import ssd_chunked, ssd_recurrent
 
 
 class Mamba2Mixer(nn.Module):
@@ -20,6 +20,9 @@ class Mamba2Mixer(nn.Module):
     in_proj output layout: ``[z (d_inner) | x (d_inner) B (g*n) C (g*n) | dt (h)]``; the conv
     runs over ``x B C``. A = -exp(A_log) per head; dt = softplus(dt + dt_bias) >= time_step_min.
     """
+
+    SHORT = 16
+    """Inputs of at most this many positions use the direct conv taps instead of ``F.conv1d``."""
 
     def __init__(self, cfg: HybridConfig):
         super().__init__()
@@ -74,9 +77,10 @@ class Mamba2Mixer(nn.Module):
             if state is not None:  # the carried window must not hold inputs of a finished sequence
                 state.conv = state.conv * (Rw[:, Rw.size(1) - (k - 1):] == R[:, -1:]).to(xt.dtype)[:, None]
             return F.silu(out).transpose(1, 2)
-        if xt.size(-1) == 1:
-            # one decoding step: a dot product per channel is far cheaper than a conv call
-            out = (window * self.conv1d.weight[:, 0]).sum(-1, keepdim=True)  # (b, c, 1)
+        if xt.size(-1) <= self.SHORT:
+            # decoding / speculative verification: a k-tap dot product per channel and position is
+            # far cheaper than a conv call on a few positions
+            out = (window.unfold(-1, k, 1) * self.conv1d.weight[:, 0][:, None, :]).sum(-1)  # (b, c, l)
             if self.conv1d.bias is not None:
                 out = out + self.conv1d.bias[:, None]
         else:
@@ -106,18 +110,10 @@ class Mamba2Mixer(nn.Module):
         x = x.reshape(b, l, self.h, self.p)
         if state is not None and (l == 1 or state.record):
             # step by step: decoding, or a speculative verify that must keep every position's state
-            B, C = B.view(b, l, self.g, self.n), C.view(b, l, self.g, self.n)
-            ssm = state.ssm
-            ys, history = [], [ssm]
-            for t in range(l):
-                y_t, ssm = ssd_step(ssm, x[:, t], dt[:, t], A, B[:, t], C[:, t],
-                                    None if reset is None else reset[:, t])
-                ys.append(y_t)
-                history.append(ssm)
-            state.ssm = ssm
+            y, state.ssm, history = ssd_recurrent(state.ssm, x, dt, A, B.view(b, l, self.g, self.n),
+                                                  C.view(b, l, self.g, self.n), reset, history=state.record)
             if state.record:
-                state.ssm_history = torch.stack(history)  # (l + 1, b, h, p, n)
-            y = torch.stack(ys, 1)
+                state.ssm_history = history  # (l + 1, b, h, p, n)
         else:
             init = None if state is None else state.ssm
             y, final = ssd_chunked(x, dt, A, B.view(b, l, self.g, self.n), C.view(b, l, self.g, self.n),

@@ -53,6 +53,8 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x (N, dim), idx / w (N, k) -> sum_k w * expert_idx(x), (N, dim) in fp32."""
         N, k = idx.shape
+        if N * k <= self.num_experts and self.linear is F.linear:
+            return self._gathered(x, idx, w)
         flat = idx.reshape(-1)
         order = torch.argsort(flat, stable=True)  # assignments grouped by expert
         token = order // k
@@ -67,6 +69,15 @@ class Experts(nn.Module):
                 start += c
         ys = torch.cat(outs).float() * w.reshape(-1)[order, None].float()
         return torch.zeros(N, x.size(1), dtype=torch.float32, device=x.device).index_add_(0, token, ys)
+
+
+    def _gathered(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Few tokens (decoding): gather each assignment's expert weights and run them as one batched
+        matmul, with no data-dependent Python loop (so a compiled decode step stays one graph)."""
+        up, down = self.up_proj[idx], self.down_proj[idx]  # (N, k, inter, dim), (N, k, dim, inter)
+        hid = relu2(torch.einsum("nkid,nd->nki", up, x))
+        ys = torch.einsum("nkdi,nki->nkd", down, hid).float()
+        return (ys * w[..., None].float()).sum(1)
 
 
 class MoE(nn.Module):

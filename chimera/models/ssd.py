@@ -117,3 +117,35 @@ def ssd_step(
     state = state * dA[..., None, None] + (x.float() * dt[..., None])[..., None] * B[:, :, None, :]
     y = torch.einsum("bhpn,bhn->bhp", state, C)
     return y, state
+
+
+def ssd_recurrent(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    reset: torch.Tensor | None = None,
+    history: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``l`` recurrent steps (= ``ssd_step`` applied l times) for decoding and speculative verification.
+    state (b,h,p,n), x (b,l,h,p), dt (b,l,h), B/C (b,l,g,n) -> y (b,l,h,p), final state and, with
+    ``history``, every state (l+1,b,h,p,n) with ``[0]`` the incoming one. The decay, the input outer
+    products and the read-out are batched over positions; only the state update runs position by position."""
+    h, l = x.size(2), x.size(1)
+    dt = dt.float()
+    dA = torch.exp(dt * A.float())  # (b, l, h)
+    if reset is not None:
+        dA = dA * (~reset.bool()).float()[..., None]
+    Bh, Ch = _heads(B.float(), h), _heads(C.float(), h)  # (b, l, h, n)
+    dBx = (x.float() * dt[..., None])[..., None] * Bh[:, :, :, None, :]  # (b, l, h, p, n)
+    if l == 1 and not history:  # one decoding step
+        final = state * dA[:, 0, :, None, None] + dBx[:, 0]
+        return torch.einsum("bhpn,bhn->bhp", final, Ch[:, 0])[:, None], final, None
+    states = [state]
+    for t in range(l):
+        states.append(states[-1] * dA[:, t, :, None, None] + dBx[:, t])
+    stacked = torch.stack(states)
+    y = torch.einsum("lbhpn,blhn->blhp", stacked[1:], Ch)
+    return y, states[-1], stacked if history else None
