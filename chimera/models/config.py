@@ -304,6 +304,9 @@ SIZES: dict[str, Any] = {
     "tiny-moe": lambda: HybridConfig(pattern="MEM*ME"),
     "tiny-latent-moe": lambda: HybridConfig(pattern="MEM*ME", moe_latent_size=32),
     "tiny-mtp": lambda: HybridConfig(pattern="MEM*ME/*E/*E"),
+    # A 12-layer main stack with one shared 2-layer MTP block (as Nemotron 3 repeats one block over
+    # depths): drafting costs little next to a main-model step, the setting speculation pays off in.
+    "tiny-mtp-deep": lambda: HybridConfig(pattern="MEM*MEMEM*ME/*E/*E", mtp_share_block=True),
     "small-moe": lambda: HybridConfig(
         pattern="MEMEM*EMEM", hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
         mamba_num_heads=8, mamba_head_dim=32, n_groups=2, ssm_state_size=32, chunk_size=64,
