@@ -60,8 +60,8 @@ class StaticDecoder:
     """Decode a fixed batch one token at a time from a prefilled cache, at fixed shapes and addresses.
 
     ``capacity`` bounds prompt + generated tokens. ``compile=True`` compiles the step with
-    ``torch.compile`` (the first step pays for compilation; later decoders of the same model,
-    batch and capacity reuse it).
+    ``torch.compile`` (the first step pays for compilation; shapes are dynamic, so later decoders
+    of the same model reuse it at any capacity; batch 1 and larger batches compile separately).
     """
 
     def __init__(self, model: HybridLM, cache: HybridCache, capacity: int, compile: bool = False):
