@@ -152,12 +152,19 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None
     gen = None
     if cfg.seed is not None:
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    cache = model.new_cache(b, kv_capacity=ids.size(1) + cfg.max_new_tokens)
-    logits = prefill(model, ids, cache, mask, prefill_chunk)
+    capacity = ids.size(1) + cfg.max_new_tokens
     if compile:
-        from chimera.models.static_decode import StaticDecoder
+        from chimera.models.static_decode import STATIC_PREFILL_MAX, StaticDecoder
 
-        fast = StaticDecoder(model, cache, capacity=ids.size(1) + cfg.max_new_tokens, compile=True)
+        if b == 1 and ids.size(1) <= STATIC_PREFILL_MAX:  # a short prompt: prefill in compiled chunks too
+            fast, logits = StaticDecoder.from_prompt(model, list(prompts[0]), capacity, compile=True)
+        else:
+            cache = model.new_cache(b, kv_capacity=capacity)
+            logits = prefill(model, ids, cache, mask, prefill_chunk)
+            fast = StaticDecoder(model, cache, capacity, compile=True)
+    else:
+        cache = model.new_cache(b, kv_capacity=capacity)
+        logits = prefill(model, ids, cache, mask, prefill_chunk)
     outputs: list[list[int]] = [[] for _ in range(b)]
     done = [False] * b
     stops = set(cfg.stop_tokens)

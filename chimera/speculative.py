@@ -36,14 +36,21 @@ class SpeculativeStats:
 
 @torch.no_grad()
 def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int, stop_tokens: tuple[int, ...] = (),
-                         depth: int | None = None) -> tuple[list[int], SpeculativeStats]:
-    """Greedy generation of up to ``max_new_tokens`` with MTP drafts of ``depth`` tokens (default: all depths)."""
+                         depth: int | None = None, compile: bool = False) -> tuple[list[int], SpeculativeStats]:
+    """Greedy generation of up to ``max_new_tokens`` with MTP drafts of ``depth`` tokens (default: all depths).
+
+    ``compile=True`` runs each round as one compiled graph on static caches
+    (``chimera.models.static_speculate``; prompts shorter than ``depth`` stay on the plain path)."""
     cfg = model.config
     D = cfg.mtp_depths if depth is None else depth
     if D > cfg.mtp_depths:
         raise ValueError(f"depth={D} exceeds the model's mtp_depths={cfg.mtp_depths}")
     if not prompt:
         raise ValueError("the prompt needs at least one token")
+    if compile and len(prompt) >= D:
+        from chimera.models.static_speculate import StaticSpeculator
+
+        return StaticSpeculator(model, D, compile=True).generate(prompt, max_new_tokens, stop_tokens)
     t0 = time.perf_counter()
     stats = SpeculativeStats()
     capacity = len(prompt) + max_new_tokens + D + 2

@@ -6,8 +6,9 @@ sorting tasks (their reasoning traces and answers are determined by the prompt),
 held-out prompts with plain greedy decoding and with speculative decoding (one torch thread by
 default; after a warm-up pass, ``--repeats`` alternating timed passes of each, the best
 counting), and reports tokens/s, the acceptance rate and whether both produced the same tokens.
-For scale it also times plain decoding on the compiled static-cache fast path (which speculative
-decoding does not use yet).
+It also times both on the compiled static-cache fast path (``compile=True``: plain decoding one
+compiled step per token, speculative decoding one compiled graph per round) and reports that
+speedup too.
 
     python experiments/speculative_decoding.py                 # tiny-mtp-deep, 800 steps: ~20 min on 2 cores
     python experiments/speculative_decoding.py --steps 100     # a quick check
@@ -44,7 +45,8 @@ def main() -> None:
                     help="torch threads for decoding (one is fastest for models this small: their steps are "
                          "chains of tiny kernels)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes of each method, alternating; the best counts")
-    ap.add_argument("--skip-compiled", action="store_true", help="leave out plain decoding on the compiled fast path")
+    ap.add_argument("--skip-compiled", action="store_true",
+                    help="leave out the compiled fast path (plain and speculative)")
     ap.add_argument("--out", default=str(ROOT / "results" / "speculative_decoding.json"))
     a = ap.parse_args()
     torch.set_num_threads(a.train_threads)
@@ -63,43 +65,57 @@ def main() -> None:
     prompts = [prompt_tokens(tok, ex.prompt) for _, ex in batcher.held_out(a.prompts)]
     new = 64
     torch.set_num_threads(a.threads)
-    sampling = SamplingConfig(max_new_tokens=new, stop_tokens=(tok.eos_id,))
-    stats: list = []
 
-    def plain() -> list[list[int]]:
-        return [generate(model, [p], sampling)[0] for p in prompts]
+    stats: dict[str, list] = {}
 
-    def speculative() -> list[list[int]]:
-        stats.clear()
-        outs = []
+    def run(name: str, max_new: int) -> list[list[int]]:
+        outs, round_stats = [], []
         for p in prompts:
-            out, st = speculative_generate(model, p, new, (tok.eos_id,))
+            if name.startswith("speculative"):
+                out, st = speculative_generate(model, p, max_new, (tok.eos_id,), compile=name.endswith("compiled"))
+                round_stats.append(st)
+            else:
+                cfg = SamplingConfig(max_new_tokens=max_new, stop_tokens=(tok.eos_id,))
+                out = generate(model, [p], cfg, compile=name.endswith("compiled"))[0]
             outs.append(out)
-            stats.append(st)
+        if max_new == new:
+            stats[name] = round_stats
         return outs
 
-    def compiled() -> list[list[int]]:
-        return [generate(model, [p], sampling, compile=True)[0] for p in prompts]
-
-    methods = {"plain": plain, "speculative": speculative, **({} if a.skip_compiled else {"compiled": compiled})}
-    outputs = {name: fn() for name, fn in methods.items()}  # warm-up: allocations, and compiling the fast path
-    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    names = ["plain", "speculative"] + ([] if a.skip_compiled else ["plain_compiled", "speculative_compiled"])
+    outputs = {name: run(name, new) for name in names}  # warm-up: allocations, and compiling the fast path
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    prefill: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(a.repeats):  # alternate, keep each method's best pass
-        for name, fn in methods.items():
+        for name in names:
             t0 = time.perf_counter()
-            outputs[name] = fn()
+            outputs[name] = run(name, new)
             seconds[name].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            run(name, 1)  # the same prompts up to the first token: what each method spends before decoding
+            prefill[name].append(time.perf_counter() - t0)
     n_tokens = sum(len(o) for o in outputs["plain"])
     rate = {name: n_tokens / min(ts) for name, ts in seconds.items()}
-    drafted, accepted = sum(st.drafted for st in stats), sum(st.accepted for st in stats)
+    decode_rate = {name: (n_tokens - len(prompts)) / (min(seconds[name]) - min(prefill[name])) for name in names}
+
+    def acceptance(name: str) -> float:
+        return sum(st.accepted for st in stats[name]) / max(1, sum(st.drafted for st in stats[name]))
+
     result = {
         "model": str(model_dir), "pattern": model.config.full_pattern, "prompts": len(prompts),
         "tokens": n_tokens, "threads": a.threads, "repeats": a.repeats, "seconds": seconds,
+        "prefill_seconds": prefill, "tokens_per_s": rate, "decode_tokens_per_s": decode_rate,
         "plain_tokens_per_s": rate["plain"], "speculative_tokens_per_s": rate["speculative"],
-        "speedup": rate["speculative"] / rate["plain"], "acceptance_rate": accepted / max(1, drafted),
+        "speedup": rate["speculative"] / rate["plain"],
+        "decode_speedup": decode_rate["speculative"] / decode_rate["plain"],
+        "acceptance_rate": acceptance("speculative"),
         "identical_outputs": outputs["speculative"] == outputs["plain"],
-        **({} if a.skip_compiled else {"plain_compiled_tokens_per_s": rate["compiled"],
-                                        "compiled_identical_outputs": outputs["compiled"] == outputs["plain"]}),
+        **({} if a.skip_compiled else {
+            "compiled_speedup": rate["speculative_compiled"] / rate["plain_compiled"],
+            "compiled_decode_speedup": decode_rate["speculative_compiled"] / decode_rate["plain_compiled"],
+            "compiled_acceptance_rate": acceptance("speculative_compiled"),
+            "compiled_identical_outputs": outputs["plain_compiled"] == outputs["plain"]
+            == outputs["speculative_compiled"]}),
         "example": tok.decode(prompts[0]) + tok.decode(outputs["speculative"][0]),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

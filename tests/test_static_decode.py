@@ -54,6 +54,23 @@ def test_generate_on_the_compiled_path_gives_the_plain_tokens():
 
     torch.manual_seed(0)
     model = HybridLM(HybridConfig(pattern="M*-E", **SMALL)).eval()
-    prompts = [[3, 4, 5, 6, 7, 8, 9], [11, 12, 13]]
     cfg = SamplingConfig(max_new_tokens=8)
-    assert generate(model, prompts, cfg, compile=True) == generate(model, prompts, cfg)
+    for prompts in ([[3, 4, 5, 6, 7, 8, 9], [11, 12, 13]], [[3, 4, 5, 6, 7, 8, 9]]):  # batch 1: static prefill
+        assert generate(model, prompts, cfg, compile=True) == generate(model, prompts, cfg)
+
+
+@pytest.mark.parametrize("pattern", ["M*-E", "MM-"])
+def test_static_prefill_in_chunks_equals_plain_prefill(pattern):
+    torch.manual_seed(0)
+    model = HybridLM(HybridConfig(pattern=pattern, **SMALL)).eval()
+    prompt = torch.randint(1, 40, (37,)).tolist()  # three chunks, the last one padded
+    plain = model.new_cache(1, kv_capacity=45)
+    ref = [prefill(model, torch.tensor([prompt]), plain)]
+    fast, logits = StaticDecoder.from_prompt(model, prompt, capacity=45)
+    got = [logits]
+    with torch.no_grad():
+        for _ in range(6):
+            tok = ref[-1].argmax(-1)
+            ref.append(model(tok[:, None], cache=plain, logits_to_keep=1).logits[:, -1])
+            got.append(fast.step(tok))
+    torch.testing.assert_close(torch.stack(got), torch.stack(ref), atol=1e-5, rtol=1e-5)

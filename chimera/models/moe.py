@@ -39,6 +39,11 @@ class TopkRouter(nn.Module):
         return scores, w * cfg.routed_scaling_factor, idx
 
 
+GATHER_MAX = 16
+"""Up to this many token-expert assignments (or E, if larger) run on the gathered path: a decode
+step or a speculative block of a few tokens, cheaper as one batched matmul than as a loop."""
+
+
 class Experts(nn.Module):
     """E squared-ReLU MLPs stored as (E, out, in) tensors; tokens are sorted by expert and each
     expert runs once on its contiguous slice, so compute scales with top-k, not with E."""
@@ -50,10 +55,11 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(num_experts, dim, intermediate))
         self.linear = F.linear  # replaced by low-precision recipes (chimera.precision.convert)
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """x (N, dim), idx / w (N, k) -> sum_k w * expert_idx(x), (N, dim) in fp32."""
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gathered: bool = False) -> torch.Tensor:
+        """x (N, dim), idx / w (N, k) -> sum_k w * expert_idx(x), (N, dim) in fp32. ``gathered`` forces
+        the loop-free path (static-shape graphs)."""
         N, k = idx.shape
-        if N * k <= self.num_experts and self.linear is F.linear:
+        if (gathered or N * k <= max(self.num_experts, GATHER_MAX)) and self.linear is F.linear:
             return self._gathered(x, idx, w)
         flat = idx.reshape(-1)
         order = torch.argsort(flat, stable=True)  # assignments grouped by expert
@@ -100,7 +106,7 @@ class MoE(nn.Module):
         self.register_buffer("expert_load", torch.zeros(cfg.n_routed_experts), persistent=False)
         self.aux_loss: torch.Tensor | None = None
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, gathered: bool = False) -> torch.Tensor:
         b, l, d = hidden.shape
         x = hidden.reshape(-1, d)
         scores, w, idx = self.gate(x)
@@ -109,7 +115,7 @@ class MoE(nn.Module):
                 self.expert_load += torch.bincount(idx.reshape(-1), minlength=self.cfg.n_routed_experts).float()
             self.aux_loss = self._sequence_aux_loss(scores.view(b, l, -1), idx.view(b, l, -1))
         routed_in = x if self.fc1_latent_proj is None else self.fc1_latent_proj(x)
-        routed = self.experts(routed_in, idx, w).to(hidden.dtype)
+        routed = self.experts(routed_in, idx, w, gathered).to(hidden.dtype)
         if self.fc2_latent_proj is not None:
             routed = self.fc2_latent_proj(routed)
         out = routed.view(b, l, d)
