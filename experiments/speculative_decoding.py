@@ -8,7 +8,10 @@ default; after a warm-up pass, ``--repeats`` alternating timed passes of each, t
 counting), and reports tokens/s, the acceptance rate and whether both produced the same tokens.
 It also times both on the compiled static-cache fast path (``compile=True``: plain decoding one
 compiled step per token, speculative decoding one compiled graph per round) and reports that
-speedup too.
+speedup too. Tokens/s are end to end (prefill included) and, as ``decode_*``, for the decoding
+phase alone: each timed pass is followed by a pass of the same method over the same prompts up to
+the first token (its prefill, plus for speculative decoding the MTP depths' prefill and first
+drafts), and that time is subtracted.
 
     python experiments/speculative_decoding.py                 # tiny-mtp-deep, 800 steps: ~20 min on 2 cores
     python experiments/speculative_decoding.py --steps 100     # a quick check

@@ -102,6 +102,8 @@ def mamba_tokens(mixer, h: torch.Tensor, conv: torch.Tensor, ssm: torch.Tensor, 
     return mixer.out_proj(mixer.norm(y, z).to(h.dtype))
 
 
+
+
 def attention_tokens(attn, h: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
                      pending: Commit) -> torch.Tensor:
     """n tokens through an ``Attention`` layer; h (b, n, d) -> (b, n, d). Writes their keys / values
