@@ -13,43 +13,27 @@ model yet. Depth k's cache has consumed positions t < done[k], each with input
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from chimera.models.hybrid import HybridLM
+from chimera.models.static_speculate import SpeculativeStats, StaticSpeculator, draft_depth
 
-
-@dataclass
-class SpeculativeStats:
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    seconds: float = 0.0
-    history: list[tuple[int, list[int]]] = field(default_factory=list)
-    """Per round: the frontier index L and the drafted tokens (for inspection and tests)."""
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / max(1, self.drafted)
+__all__ = ["SpeculativeStats", "speculative_generate"]
 
 
 @torch.no_grad()
 def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int, stop_tokens: tuple[int, ...] = (),
                          depth: int | None = None, compile: bool = False) -> tuple[list[int], SpeculativeStats]:
-    """Greedy generation of up to ``max_new_tokens`` with MTP drafts of ``depth`` tokens (default: all depths).
+    """Greedy generation of up to ``max_new_tokens`` with MTP drafts of ``depth`` tokens (default: all depths;
+    more when the model shares one MTP block across depths).
 
     ``compile=True`` runs each round as one compiled graph on static caches
     (``chimera.models.static_speculate``; prompts shorter than ``depth`` stay on the plain path)."""
-    cfg = model.config
-    D = cfg.mtp_depths if depth is None else depth
-    if D > cfg.mtp_depths:
-        raise ValueError(f"depth={D} exceeds the model's mtp_depths={cfg.mtp_depths}")
+    D = draft_depth(model.config, depth)
     if not prompt:
         raise ValueError("the prompt needs at least one token")
     if compile and len(prompt) >= D:
-        from chimera.models.static_speculate import StaticSpeculator
-
         return StaticSpeculator(model, D, compile=True).generate(prompt, max_new_tokens, stop_tokens)
     t0 = time.perf_counter()
     stats = SpeculativeStats()

@@ -4,8 +4,8 @@ Trains a model with MTP depths (default ``tiny-mtp-deep``: ``MEM*MEMEM*ME/*E/*E`
 block shared by both depths; ``tiny-mtp``: ``MEM*ME/*E/*E``) on the synthetic addition and
 sorting tasks (their reasoning traces and answers are determined by the prompt), then answers
 held-out prompts with plain greedy decoding and with speculative decoding (one torch thread by
-default; after a warm-up pass, ``--repeats`` alternating timed passes of each, the best
-counting), and reports tokens/s, the acceptance rate and whether both produced the same tokens.
+default; after a warm-up pass, each prompt is run ``--repeats`` times by each method in turn
+and its best time counts), and reports tokens/s, the acceptance rate and whether both produced the same tokens.
 It also times both on the compiled static-cache fast path (``compile=True``: plain decoding one
 compiled step per token, speculative decoding one compiled graph per round) and reports that
 speedup too. Tokens/s are end to end (prefill included) and, as ``decode_*``, for the decoding
@@ -13,7 +13,7 @@ phase alone: each timed pass is followed by a pass of the same method over the s
 the first token (its prefill, plus for speculative decoding the MTP depths' prefill and first
 drafts), and that time is subtracted.
 
-    python experiments/speculative_decoding.py                 # tiny-mtp-deep, 800 steps: ~20 min on 2 cores
+    python experiments/speculative_decoding.py                 # tiny-mtp-deep, 2400 steps: ~25 min on 2 cores
     python experiments/speculative_decoding.py --steps 100     # a quick check
 Writes results/speculative_decoding.json.
 """
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--model", default="tiny-mtp-deep",
                     help="a named size with MTP layers (tiny-mtp-deep, tiny-mtp, small-mtp)")
     ap.add_argument("--prompts", type=int, default=24)
@@ -47,7 +47,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for decoding (one is fastest for models this small: their steps are "
                          "chains of tiny kernels)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes of each method, alternating; the best counts")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed runs of each method on each prompt, alternating; each prompt's best counts")
     ap.add_argument("--skip-compiled", action="store_true",
                     help="leave out the compiled fast path (plain and speculative)")
     ap.add_argument("--out", default=str(ROOT / "results" / "speculative_decoding.json"))
@@ -71,35 +72,33 @@ def main() -> None:
 
     stats: dict[str, list] = {}
 
-    def run(name: str, max_new: int) -> list[list[int]]:
-        outs, round_stats = [], []
-        for p in prompts:
-            if name.startswith("speculative"):
-                out, st = speculative_generate(model, p, max_new, (tok.eos_id,), compile=name.endswith("compiled"))
-                round_stats.append(st)
-            else:
-                cfg = SamplingConfig(max_new_tokens=max_new, stop_tokens=(tok.eos_id,))
-                out = generate(model, [p], cfg, compile=name.endswith("compiled"))[0]
-            outs.append(out)
-        if max_new == new:
-            stats[name] = round_stats
-        return outs
+    def run(name: str, p: list[int], max_new: int, record: bool = False) -> list[int]:
+        if name.startswith("speculative"):
+            out, st = speculative_generate(model, p, max_new, (tok.eos_id,), compile=name.endswith("compiled"))
+            if record:
+                stats.setdefault(name, []).append(st)
+            return out
+        cfg = SamplingConfig(max_new_tokens=max_new, stop_tokens=(tok.eos_id,))
+        return generate(model, [p], cfg, compile=name.endswith("compiled"))[0]
 
     names = ["plain", "speculative"] + ([] if a.skip_compiled else ["plain_compiled", "speculative_compiled"])
-    outputs = {name: run(name, new) for name in names}  # warm-up: allocations, and compiling the fast path
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    prefill: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(a.repeats):  # alternate, keep each method's best pass
-        for name in names:
-            t0 = time.perf_counter()
-            outputs[name] = run(name, new)
-            seconds[name].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            run(name, 1)  # the same prompts up to the first token: what each method spends before decoding
-            prefill[name].append(time.perf_counter() - t0)
+    # warm-up (allocations, compiling the fast path) and the outputs compared
+    outputs = {name: [run(name, p, new, record=True) for p in prompts] for name in names}
+    # per prompt, the methods in turn, each run in full and up to its first token (its prefill);
+    # each prompt's best time over the repeats counts, which keeps a noisy machine's pauses out
+    best = {(name, full): [float("inf")] * len(prompts) for name in names for full in (True, False)}
+    for _ in range(a.repeats):
+        for i, p in enumerate(prompts):
+            for name in names:
+                for full in (True, False):
+                    t0 = time.perf_counter()
+                    run(name, p, new if full else 1)
+                    best[name, full][i] = min(best[name, full][i], time.perf_counter() - t0)
+    seconds = {name: sum(best[name, True]) for name in names}
+    prefill = {name: sum(best[name, False]) for name in names}
     n_tokens = sum(len(o) for o in outputs["plain"])
-    rate = {name: n_tokens / min(ts) for name, ts in seconds.items()}
-    decode_rate = {name: (n_tokens - len(prompts)) / (min(seconds[name]) - min(prefill[name])) for name in names}
+    rate = {name: n_tokens / seconds[name] for name in names}
+    decode_rate = {name: (n_tokens - len(prompts)) / (seconds[name] - prefill[name]) for name in names}
 
     def acceptance(name: str) -> float:
         return sum(st.accepted for st in stats[name]) / max(1, sum(st.drafted for st in stats[name]))

@@ -160,14 +160,28 @@ STATIC_PREFILL_MAX = 256
 def static_prefill(model: HybridLM, prompt: list[int], cache: StaticCache, step=prefill_chunk) -> torch.Tensor:
     """Prefill one sequence into an empty static cache, ``PREFILL_CHUNK`` tokens per call of ``step``
     (the capacity must cover the padded last chunk) -> final hidden states (1, len(prompt), d)."""
-    C, device = PREFILL_CHUNK, cache.valid.device
+    ids = torch.tensor([prompt], device=cache.valid.device)
+    return in_chunks(len(prompt), lambda start, m, at: step(model, pad_to_chunk(ids[:, start:start + m]), at(start),
+                                                            cache, at(m)), ids.device)
+
+
+def in_chunks(n: int, call, device) -> torch.Tensor:
+    """``call(start, m, at)`` over consecutive chunks of up to ``PREFILL_CHUNK`` of n positions (``at``
+    makes the (1,) position tensors); concatenates the first m positions of each output."""
+    def at(i: int) -> torch.Tensor:
+        return torch.tensor([i], device=device)
+
     outs = []
-    for start in range(0, len(prompt), C):
-        chunk = prompt[start:start + C]
-        ids = torch.tensor([chunk + [0] * (C - len(chunk))], device=device)
-        h = step(model, ids, torch.tensor([start], device=device), cache, torch.tensor([len(chunk)], device=device))
-        outs.append(h[:, :len(chunk)])
+    for start in range(0, n, PREFILL_CHUNK):
+        m = min(PREFILL_CHUNK, n - start)
+        outs.append(call(start, m, at)[:, :m])
     return torch.cat(outs, 1)
+
+
+def pad_to_chunk(x: torch.Tensor) -> torch.Tensor:
+    """Right-pad dim 1 with zeros to ``PREFILL_CHUNK``."""
+    pad = x.new_zeros(x.size(0), PREFILL_CHUNK - x.size(1), *x.shape[2:])
+    return torch.cat([x, pad], 1)
 
 
 def padded_capacity(n: int) -> int:

@@ -21,6 +21,7 @@ Greedy output equals plain greedy decoding token for token (tests/test_static_sp
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +30,8 @@ from chimera.models.static_decode import (
     STATIC_PREFILL_MAX,
     Compiled,
     StaticCache,
+    in_chunks,
+    pad_to_chunk,
     padded_capacity,
     prefill_chunk,
     stack_forward,
@@ -36,14 +39,47 @@ from chimera.models.static_decode import (
 )
 
 
-def mtp_depth(model: HybridLM, depth: int, h_prev: torch.Tensor, tokens: torch.Tensor, cache: StaticCache,
+@dataclass
+class SpeculativeStats:
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    seconds: float = 0.0
+    history: list[tuple[int, list[int]]] = field(default_factory=list)
+    """Per round: the frontier index L and the drafted tokens (for inspection and tests)."""
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(1, self.drafted)
+
+
+def draft_depth(cfg, depth: int | None) -> int:
+    """The number of tokens to draft: by default the trained MTP depths. One block shared by all depths
+    (``mtp_share_block``) can be applied recursively past them, as far as its drafts stay useful."""
+    D = cfg.mtp_depths if depth is None else depth
+    if not cfg.mtp_depths:
+        raise ValueError("the model has no MTP layers to draft with")
+    if D < 1 or (D > cfg.mtp_depths and not cfg.mtp_share_block):
+        raise ValueError(f"depth={D} must be between 1 and the model's mtp_depths={cfg.mtp_depths} "
+                         f"(deeper drafts need one MTP block shared by all depths)")
+    return D
+
+
+def mtp_depth(model: HybridLM, layers: list, h_prev: torch.Tensor, tokens: torch.Tensor, cache: StaticCache,
               pos: torch.Tensor):
-    """MTP depth ``depth`` over positions pos .. pos+n-1 on a static cache -> (normed output, Commit)."""
-    layers = model.mtp.block(depth)
+    """An MTP depth (its ``layers``) over positions pos .. pos+n-1 on a static cache -> (normed output, Commit)."""
     first = layers[0]
     x = first.eh_proj(torch.cat([first.enorm(model.backbone.embeddings(tokens)), first.hnorm(h_prev)], dim=-1))
     x, commit = stack_forward(layers, x, cache, pos)
     return layers[-1].final_layernorm(x), commit
+
+
+def mtp_chunk(model: HybridLM, layers: list, h_prev: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
+              cache: StaticCache, m: torch.Tensor) -> torch.Tensor:
+    """A right-padded chunk through an MTP depth, keeping its first ``m`` positions (0: none, for drafts)."""
+    out, commit = mtp_depth(model, layers, h_prev, tokens, cache, pos)
+    commit(m)
+    return out
 
 
 def speculative_round(model: HybridLM, block: torch.Tensor, pos: torch.Tensor, main: StaticCache,
@@ -60,7 +96,7 @@ def speculative_round(model: HybridLM, block: torch.Tensor, pos: torch.Tensor, m
     for k in range(1, D + 1):
         if k > 1:
             h = torch.cat([carry[k - 2][:, None], h], 1)  # depth k-1 at position L-k+1, then L-k+2 ..
-        h, commit = mtp_depth(model, k, h, ahead[None, :D + k], depths[k - 1], pos - (k - 1))
+        h, commit = mtp_depth(model, model.mtp.block(k), h, ahead[None, :D + k], depths[k - 1], pos - (k - 1))
         commit(a + 1)
         draft = model.lm_head(h[0].index_select(0, a + k - 1)).argmax(-1)  # (1,)
         ahead = ahead.index_put((a + k,), draft)
@@ -78,17 +114,12 @@ class StaticSpeculator:
     """
 
     def __init__(self, model: HybridLM, depth: int | None = None, compile: bool = False):
-        cfg = model.config
         self.model = model
-        self.depth = cfg.mtp_depths if depth is None else depth
-        if not 1 <= self.depth <= cfg.mtp_depths:
-            raise ValueError(f"depth={self.depth} must be between 1 and the model's mtp_depths={cfg.mtp_depths}")
+        self.depth = draft_depth(model.config, depth)
         self.compile = compile
 
     @torch.no_grad()
     def generate(self, prompt: list[int], max_new_tokens: int, stop_tokens: tuple[int, ...] = ()):
-        from chimera.speculative import SpeculativeStats
-
         model, D = self.model, self.depth
         if len(prompt) < D:
             raise ValueError(f"the static speculative path needs a prompt of at least depth={D} tokens")
@@ -99,15 +130,17 @@ class StaticSpeculator:
         main, depths, carry, block = self._prefill(prompt, capacity)
         round_fn = Compiled(speculative_round) if self.compile else speculative_round
         seq, L = [*prompt, block[0]], len(prompt)
-        while len(seq) - len(prompt) < max_new_tokens and not any(t in stop_tokens for t in seq[len(prompt):]):
-            out = round_fn(model, torch.tensor([block], device=device), torch.tensor([L], device=device),
-                              main, depths, carry).tolist()
+        stopped = block[0] in stop_tokens
+        while len(seq) - len(prompt) < max_new_tokens and not stopped:
+            ids, pos = torch.tensor([block], device=device), torch.tensor([L], device=device)
+            out = round_fn(model, ids, pos, main, depths, carry).tolist()
             a, preds, drafts = out[0], out[1:D + 2], out[D + 2:]
             stats.history.append((L, block[1:]))
             stats.rounds += 1
             stats.drafted += D
             stats.accepted += a
             seq += preds[:a + 1]
+            stopped = any(t in stop_tokens for t in preds[:a + 1])
             L += a + 1
             block = [preds[a], *drafts]
         gen = seq[len(prompt):]
@@ -131,21 +164,37 @@ class StaticSpeculator:
             hidden = model(torch.tensor([prompt], device=w.device), cache=cache).hidden
             main = StaticCache(cache, capacity, 1, w.device)
         seq = torch.tensor([[*prompt, int(model.lm_head(hidden[0, -1]).argmax())]], device=w.device)
-        h, outs, depths = hidden, [], []
-        for k in range(1, D + 1):  # depth k consumes positions 0 .. P-k in one (eager) pass
+        h, outs, depths, steps = hidden, [], [], []
+        for k in range(1, D + 1):  # depth k consumes positions 0 .. P-k, in chunks
             cache_k = StaticCache.empty(model.config, 1, capacity, w.device, w.dtype, model.config.mtp_pattern)
-            h, commit = mtp_depth(model, k, h[:, :P - k + 1], seq[:, k:P + 1], cache_k, _at(0, w.device))
-            commit(P - k + 1)
+            step = self._mtp_chunk()
+            h = _mtp_prefill(step, model, model.mtp.block(k), h[:, :P - k + 1], seq[:, k:], cache_k)
             outs.append(h)
             depths.append(cache_k)
+            steps.append(step)
         drafts, spec = [int(model.lm_head(outs[0][0, -1]).argmax())], outs[0][:, :0]
-        for k in range(2, D + 1):  # depth k at positions P-k+1 .. P-1, on the drafts so far; rolled back
-            spec, commit = mtp_depth(model, k, torch.cat([outs[k - 2][:, -1:], spec], 1),
-                                     torch.tensor([drafts], device=w.device), depths[k - 1], _at(P - k + 1, w.device))
-            commit(0)
+        for k in range(2, D + 1):  # depth k at positions P-k+1 .. P-1 on the drafts so far, then dropped
+            h_prev = pad_to_chunk(torch.cat([outs[k - 2][:, -1:], spec], 1))
+            ahead = pad_to_chunk(torch.tensor([drafts], device=w.device))
+            spec = steps[k - 1](model, model.mtp.block(k), h_prev, ahead, _at(P - k + 1, w.device), depths[k - 1],
+                                _at(0, w.device))[:, :k - 1]
             drafts.append(int(model.lm_head(spec[0, -1]).argmax()))
         carry = [o[:, -1].clone() for o in outs[:-1]]  # depth k's output at position P - k
         return main, depths, carry, [int(seq[0, -1]), *drafts]
+
+    def _mtp_chunk(self):
+        """A fresh wrapper per depth: each makes its first call with every guard (see ``Compiled``)."""
+        return Compiled(mtp_chunk) if self.compile else mtp_chunk
+
+
+def _mtp_prefill(step, model: HybridLM, layers: list, h_prev: torch.Tensor, ahead: torch.Tensor,
+                 cache: StaticCache) -> torch.Tensor:
+    """Positions 0 .. n-1 of an MTP depth (n = h_prev's length) in chunks of ``step``."""
+    def call(start: int, m: int, at) -> torch.Tensor:
+        return step(model, layers, pad_to_chunk(h_prev[:, start:start + m]), pad_to_chunk(ahead[:, start:start + m]),
+                    at(start), cache, at(m))
+
+    return in_chunks(h_prev.size(1), call, h_prev.device)
 
 
 def _at(position: int, device) -> torch.Tensor:
