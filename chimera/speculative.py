@@ -17,7 +17,7 @@ import time
 import torch
 
 from chimera.models.hybrid import HybridLM
-from chimera.models.static_speculate import SpeculativeStats, StaticSpeculator, draft_depth
+from chimera.models.static_speculate import SpeculativeStats, StaticSpeculator, draft_depth, up_to_stop
 
 __all__ = ["SpeculativeStats", "speculative_generate"]
 
@@ -102,10 +102,5 @@ def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int
         stats.rounds += 1
         stats.drafted += len(drafts)
         stats.accepted += a
-    gen = new_tokens()
-    for i, t in enumerate(gen):
-        if t in stop_tokens:
-            gen = gen[:i + 1]
-            break
     stats.seconds = time.perf_counter() - t0
-    return gen[:max_new_tokens], stats
+    return up_to_stop(new_tokens(), stop_tokens, max_new_tokens), stats

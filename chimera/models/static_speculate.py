@@ -53,6 +53,14 @@ class SpeculativeStats:
         return self.accepted / max(1, self.drafted)
 
 
+def up_to_stop(tokens: list[int], stop_tokens: tuple[int, ...], limit: int) -> list[int]:
+    """The generated tokens up to and including the first stop token, at most ``limit`` of them."""
+    for i, t in enumerate(tokens):
+        if t in stop_tokens:
+            return tokens[:min(i + 1, limit)]
+    return tokens[:limit]
+
+
 def draft_depth(cfg, depth: int | None) -> int:
     """The number of tokens to draft: by default the trained MTP depths. One block shared by all depths
     (``mtp_share_block``) can be applied recursively past them, as far as its drafts stay useful."""
@@ -143,13 +151,8 @@ class StaticSpeculator:
             stopped = any(t in stop_tokens for t in preds[:a + 1])
             L += a + 1
             block = [preds[a], *drafts]
-        gen = seq[len(prompt):]
-        for i, t in enumerate(gen):
-            if t in stop_tokens:
-                gen = gen[:i + 1]
-                break
         stats.seconds = time.perf_counter() - t0
-        return gen[:max_new_tokens], stats
+        return up_to_stop(seq[len(prompt):], stop_tokens, max_new_tokens), stats
 
     def _prefill(self, prompt: list[int], capacity: int):
         """Prefill the main model (compiled chunks, or the plain scan for a long prompt) and every depth
