@@ -246,7 +246,8 @@ def cmd_generate(argv: list[str]) -> int:
         out, stats = speculative_generate(model, prompt, args.max_new_tokens, stops, compile=args.compile)
         print(tok.decode(out, skip_special=not args.show_special))
         print(f"[speculative: {stats.rounds} rounds, acceptance {stats.acceptance_rate:.2f}, "
-              f"{len(out) / stats.seconds:.1f} tok/s]", file=sys.stderr)
+              f"{len(out) / stats.seconds:.1f} tok/s{' including compilation' if args.compile else ''}]",
+              file=sys.stderr)
         return 0
     budget = None
     if args.thinking_budget >= 0:
