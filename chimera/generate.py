@@ -155,16 +155,13 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None
     capacity = ids.size(1) + cfg.max_new_tokens
     if compile:
         from chimera.models.static_decode import STATIC_PREFILL_MAX, StaticDecoder
-
-        if b == 1 and ids.size(1) <= STATIC_PREFILL_MAX:  # a short prompt: prefill in compiled chunks too
-            fast, logits = StaticDecoder.from_prompt(model, list(prompts[0]), capacity, compile=True)
-        else:
-            cache = model.new_cache(b, kv_capacity=capacity)
-            logits = prefill(model, ids, cache, mask, prefill_chunk)
-            fast = StaticDecoder(model, cache, capacity, compile=True)
+    if compile and b == 1 and ids.size(1) <= STATIC_PREFILL_MAX:  # a short prompt: prefill in compiled chunks too
+        fast, logits = StaticDecoder.from_prompt(model, list(prompts[0]), capacity, compile=True)
     else:
         cache = model.new_cache(b, kv_capacity=capacity)
         logits = prefill(model, ids, cache, mask, prefill_chunk)
+        if compile:
+            fast = StaticDecoder(model, cache, capacity, compile=True)
     outputs: list[list[int]] = [[] for _ in range(b)]
     done = [False] * b
     stops = set(cfg.stop_tokens)

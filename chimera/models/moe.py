@@ -39,11 +39,6 @@ class TopkRouter(nn.Module):
         return scores, w * cfg.routed_scaling_factor, idx
 
 
-GATHER_MAX = 16
-"""Up to this many token-expert assignments (or E, if larger) run on the gathered path: a decode
-step or a speculative block of a few tokens, cheaper as one batched matmul than as a loop."""
-
-
 class Experts(nn.Module):
     """E squared-ReLU MLPs stored as (E, out, in) tensors; tokens are sorted by expert and each
     expert runs once on its contiguous slice, so compute scales with top-k, not with E."""
@@ -59,7 +54,7 @@ class Experts(nn.Module):
         """x (N, dim), idx / w (N, k) -> sum_k w * expert_idx(x), (N, dim) in fp32. ``gathered`` forces
         the loop-free path (static-shape graphs)."""
         N, k = idx.shape
-        if (gathered or N * k <= max(self.num_experts, GATHER_MAX)) and self.linear is F.linear:
+        if (gathered or N * k <= self.num_experts) and self.linear is F.linear:
             return self._gathered(x, idx, w)
         flat = idx.reshape(-1)
         order = torch.argsort(flat, stable=True)  # assignments grouped by expert
