@@ -166,7 +166,7 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None
     done = [False] * b
     stops = set(cfg.stop_tokens)
     state = budget.start(prompts) if budget is not None else None
-    for _ in range(cfg.max_new_tokens):
+    for n in range(1, cfg.max_new_tokens + 1):
         nxt = sample_next(logits, cfg, gen)
         if state is not None:
             forced = [state.force(i) for i in range(b)]
@@ -179,7 +179,7 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None
                 if state is not None:
                     state.observe(i, t)
                     done[i] = done[i] or state.done(i)
-        if all(done):
+        if all(done) or n == cfg.max_new_tokens:  # no forward for a token that will not be sampled
             break
         logits = fast.step(nxt) if compile else model(nxt[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
     return outputs

@@ -59,6 +59,27 @@ def test_generate_on_the_compiled_path_gives_the_plain_tokens():
         assert generate(model, prompts, cfg, compile=True) == generate(model, prompts, cfg)
 
 
+def test_compiled_graphs_check_guards_once_per_call_signature():
+    """A decoder whose model and cache shapes were seen before runs its graph without Dynamo's guard
+    checks, and right; another model or another cache size gets them."""
+    torch.manual_seed(0)
+    cfg = HybridConfig(pattern="M*-E", **SMALL)
+    model, other = HybridLM(cfg).eval(), HybridLM(cfg).eval()
+
+    def guarded_calls(m: HybridLM, prompt: list[int], capacity: int) -> int:
+        fast, logits = StaticDecoder.from_prompt(m, prompt, capacity, compile=True)
+        plain, ref = StaticDecoder.from_prompt(m, prompt, capacity)
+        torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+        tok = ref.argmax(-1)
+        torch.testing.assert_close(fast.step(tok), plain.step(tok), atol=1e-4, rtol=1e-4)
+        return fast._step.guarded_calls
+
+    assert guarded_calls(model, [3, 4, 5], 20) == 1
+    assert guarded_calls(model, [9, 8, 7, 6, 5], 24) == 0  # both caches round up to 64 positions
+    assert guarded_calls(other, [3, 4, 5], 20) == 1
+    assert guarded_calls(model, [3, 4, 5], 100) == 1
+
+
 @pytest.mark.parametrize("pattern", ["M*-E", "MM-"])
 def test_static_prefill_in_chunks_equals_plain_prefill(pattern):
     torch.manual_seed(0)

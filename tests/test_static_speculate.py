@@ -87,11 +87,11 @@ def test_long_prompts_on_both_prefill_paths(monkeypatch):
 
 def test_a_shared_mtp_block_drafts_past_its_trained_depths():
     model = half_trained("M*ME/*E/*E", share=True)
-    prompt = PROMPTS[1]
-    ref = generate(model, [prompt], SamplingConfig(max_new_tokens=20))[0]
-    got, stats = StaticSpeculator(model, depth=3).generate(prompt, 20)
-    plain, plain_stats = speculative_generate(model, prompt, 20, depth=3)
-    assert got == ref == plain and stats.history == plain_stats.history
-    assert all(len(drafts) == 3 for _, drafts in stats.history)
+    for prompt in (PROMPTS[1], [(1 + 3 * i) % 40 for i in range(17)]):  # the second: a 1-token chunk first
+        ref = generate(model, [prompt], SamplingConfig(max_new_tokens=20))[0]
+        got, stats = StaticSpeculator(model, depth=3).generate(prompt, 20)
+        plain, plain_stats = speculative_generate(model, prompt, 20, depth=3)
+        assert got == ref == plain and stats.history == plain_stats.history
+        assert all(len(drafts) == 3 for _, drafts in stats.history)
     with pytest.raises(ValueError, match="shared by all depths"):
         StaticSpeculator(half_trained("M*ME/*E/*E", steps=0), depth=3)

@@ -19,6 +19,7 @@ the eager and the compiled static paths to it.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -178,15 +179,19 @@ def in_chunks(n: int, call, device) -> torch.Tensor:
     return torch.cat(outs, 1)
 
 
-def pad_to_chunk(x: torch.Tensor) -> torch.Tensor:
-    """Right-pad dim 1 with zeros to ``PREFILL_CHUNK``."""
-    pad = x.new_zeros(x.size(0), PREFILL_CHUNK - x.size(1), *x.shape[2:])
+def pad_to_chunk(x: torch.Tensor, length: int = PREFILL_CHUNK) -> torch.Tensor:
+    """Right-pad dim 1 with zeros to ``length``."""
+    pad = x.new_zeros(x.size(0), length - x.size(1), *x.shape[2:])
     return torch.cat([x, pad], 1)
 
 
+CAPACITY_STEP = 64
+
+
 def padded_capacity(n: int) -> int:
-    """Room for ``n`` positions and the padding of a last prefill chunk."""
-    return -(-n // PREFILL_CHUNK) * PREFILL_CHUNK + PREFILL_CHUNK
+    """Room for ``n`` positions and the padding of a last prefill chunk, rounded up to a multiple of
+    ``CAPACITY_STEP`` so that generations of similar lengths share cache shapes (see ``Compiled``)."""
+    return -(-(n + PREFILL_CHUNK) // CAPACITY_STEP) * CAPACITY_STEP
 
 
 def decode_step(model: HybridLM, tokens: torch.Tensor, pos: torch.Tensor, cache: StaticCache) -> torch.Tensor:
@@ -218,7 +223,7 @@ class StaticDecoder:
                     compile: bool = False) -> tuple[StaticDecoder, torch.Tensor]:
         """Prefill one prompt on the static path -> (decoder, next-token logits (1, vocab))."""
         w = model.lm_head.weight
-        cache = StaticCache.empty(model.config, 1, max(capacity, padded_capacity(len(prompt))), w.device, w.dtype)
+        cache = StaticCache.empty(model.config, 1, padded_capacity(max(capacity, len(prompt))), w.device, w.dtype)
         hidden = static_prefill(model, prompt, cache, Compiled(prefill_chunk) if compile else prefill_chunk)
         return cls(model, cache, capacity, compile, len(prompt)), model.lm_head(hidden[:, -1]).float()
 
@@ -234,31 +239,65 @@ class StaticDecoder:
 
 
 _COMPILED: dict = {}
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per model: the call signatures (``signature``) whose graph was chosen with every guard checked."""
 
 
 class Compiled:
     """``fn`` under ``torch.compile`` as one graph with dynamic shapes and a C++ wrapper (no Python
-    between its kernels), compiled once per process and shared by every caller.
+    between its kernels), compiled once per process and shared by every caller. ``fn``'s first
+    argument is the model.
 
-    A decode step on a small model is as short as the checks around it, so after its first call an
-    instance skips Dynamo's guard evaluation (``skip_guard_eval_unsafe``): that first call, made
-    with every guard, selected or compiled the graph for this model, batch and cache layout, and a
-    decoder never changes them afterwards. Other instances (another model, another batch) make their
-    own first call with guards, and the guards that tell graphs apart still run.
+    A decode step on a small model is as short as the checks around it, and Dynamo's guards cost
+    most (up to a millisecond) on objects they have not seen, such as each generation's new
+    caches. So a call runs with every guard only when its ``signature`` (the model, the grad and
+    autocast modes, every tensor's shape, stride, dtype and device, every module's identity) is new
+    for this ``fn``; otherwise, and on an instance's later calls, under ``skip_guard_eval_unsafe``.
+    The guards passed or recompiled for that signature, and the graph they chose depends on
+    nothing the signature leaves out, so it is the graph they would choose again.
     """
 
     def __init__(self, fn):
         if fn not in _COMPILED:
             _COMPILED[fn] = torch.compile(fn, fullgraph=True, dynamic=True, options={"cpp_wrapper": True})
+        self.raw = fn
         self.fn = _COMPILED[fn]
         self.warm = False
+        self.guarded_calls = 0
 
     def __call__(self, *args):
         if not self.warm:
+            key = (self.raw, _modes(), signature(args[1:]))
+            checked = _CHECKED.setdefault(args[0], set())
+            if key not in checked:
+                self.guarded_calls += 1
+                out = self.fn(*args)
+                checked.add(key)
+                self.warm = True
+                return out
             self.warm = True
-            return self.fn(*args)
         with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
             return self.fn(*args)
+
+
+def signature(obj) -> tuple | object:
+    """What a graph's guards can tell apart in ``obj``, as a hashable key (see ``Compiled``)."""
+    if isinstance(obj, torch.Tensor):
+        return ("T", tuple(obj.shape), obj.stride(), obj.dtype, obj.device, obj.requires_grad)
+    if isinstance(obj, StaticCache):
+        return ("S", obj.capacity, signature(obj.valid), signature(obj.states))
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, *map(signature, obj))
+    if isinstance(obj, nn.Module):
+        return ("M", id(obj))
+    if obj is None or isinstance(obj, (int, float, bool, str)):
+        return obj
+    raise TypeError(f"no compile signature for {type(obj).__name__}")
+
+
+def _modes() -> tuple:
+    return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+            *(torch.is_autocast_enabled(d) and torch.get_autocast_dtype(d) for d in ("cpu", "cuda")))
 
 
 def _batch_and_device(cache: HybridCache) -> tuple[int, torch.device]:

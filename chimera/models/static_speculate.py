@@ -27,15 +27,13 @@ import torch
 
 from chimera.models.hybrid import HybridLM
 from chimera.models.static_decode import (
+    PREFILL_CHUNK,
     STATIC_PREFILL_MAX,
     Compiled,
     StaticCache,
-    in_chunks,
     pad_to_chunk,
     padded_capacity,
-    prefill_chunk,
     stack_forward,
-    static_prefill,
 )
 
 
@@ -82,12 +80,33 @@ def mtp_depth(model: HybridLM, layers: list, h_prev: torch.Tensor, tokens: torch
     return layers[-1].final_layernorm(x), commit
 
 
-def mtp_chunk(model: HybridLM, layers: list, h_prev: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor,
-              cache: StaticCache, m: torch.Tensor) -> torch.Tensor:
-    """A right-padded chunk through an MTP depth, keeping its first ``m`` positions (0: none, for drafts)."""
-    out, commit = mtp_depth(model, layers, h_prev, tokens, cache, pos)
+def prefill_round(model: HybridLM, tokens: torch.Tensor, ahead: torch.Tensor, pos: torch.Tensor, main: StaticCache,
+                  depths: list[StaticCache], m: torch.Tensor, last: torch.Tensor):
+    """A right-padded chunk of the prompt through the main model and every MTP depth at once.
+
+    tokens (1, C) at positions pos .. pos+C-1, the first ``m`` real; ``ahead`` (1, C + D) the tokens
+    after each position (seq[pos+1 ..]) as far as the prompt goes. Depth k reads the main model's
+    (k = 1) or depth k-1's output at the same positions, so all of them keep the first m positions,
+    except in the prompt's last chunk (``last`` = 1): there the main model's next token and each
+    depth's draft (read at the last real position) continue ``ahead``, depth k keeps only positions
+    up to P - k, and the result is the first round's ``[next token, d_1 .. d_D]`` and carry (depth
+    k's output at P - k, k < D). Other chunks return the same things, meaningless, and ignore them.
+    """
+    C, D = tokens.size(1), len(depths)
+    x, commit = stack_forward(model.backbone.layers, model.backbone.embeddings(tokens), main, pos)
     commit(m)
-    return out
+    h = model.backbone.norm_f(x)
+    ahead, block, carry = ahead[0], [], []
+    for k in range(D + 1):
+        if k:
+            h, commit = mtp_depth(model, model.mtp.block(k), h, ahead[None, k - 1:k - 1 + C], depths[k - 1], pos)
+            commit(m - last * (k - 1))
+            if k < D:
+                carry.append(h[0].index_select(0, (m - k).clamp(min=0)))
+        token = model.lm_head(h[0].index_select(0, m - 1)).argmax(-1)  # in the last chunk: seq[P + k]
+        ahead = torch.where(last.bool(), ahead.index_put((m + k - 1,), token), ahead)
+        block.append(token)
+    return torch.cat(block), carry
 
 
 def speculative_round(model: HybridLM, block: torch.Tensor, pos: torch.Tensor, main: StaticCache,
@@ -124,6 +143,8 @@ class StaticSpeculator:
     def __init__(self, model: HybridLM, depth: int | None = None, compile: bool = False):
         self.model = model
         self.depth = draft_depth(model.config, depth)
+        if self.depth > PREFILL_CHUNK:
+            raise ValueError(f"depth={self.depth} is more than the static path drafts (at most {PREFILL_CHUNK})")
         self.compile = compile
 
     @torch.no_grad()
@@ -155,49 +176,46 @@ class StaticSpeculator:
         return up_to_stop(seq[len(prompt):], stop_tokens, max_new_tokens), stats
 
     def _prefill(self, prompt: list[int], capacity: int):
-        """Prefill the main model (compiled chunks, or the plain scan for a long prompt) and every depth
-        up to the round invariant, then draft at frontier P - 1 for the first round."""
+        """Prefill the main model and every depth up to the round invariant and draft the first round.
+
+        The prompt's last ``PREFILL_CHUNK`` positions (at least D: the drafts come from its last
+        position) go through ``prefill_round`` as its last chunk; what comes before them goes through
+        it too in chunks (a prompt of up to ``STATIC_PREFILL_MAX`` tokens), or else through the plain
+        path's chunked scan, then is copied into the static caches."""
         model, D, P = self.model, self.depth, len(prompt)
         w = model.lm_head.weight
+        ids = torch.tensor([prompt], device=w.device)
+        split = max(0, P - PREFILL_CHUNK)
         if P <= STATIC_PREFILL_MAX:
             main = StaticCache.empty(model.config, 1, capacity, w.device, w.dtype)
-            hidden = static_prefill(model, prompt, main, Compiled(prefill_chunk) if self.compile else prefill_chunk)
+            depths = [StaticCache.empty(model.config, 1, capacity, w.device, w.dtype, model.config.mtp_pattern)
+                      for _ in range(D)]
         else:
-            cache = model.new_cache(1, kv_capacity=capacity)
-            hidden = model(torch.tensor([prompt], device=w.device), cache=cache).hidden
-            main = StaticCache(cache, capacity, 1, w.device)
-        seq = torch.tensor([[*prompt, int(model.lm_head(hidden[0, -1]).argmax())]], device=w.device)
-        h, outs, depths, steps = hidden, [], [], []
-        for k in range(1, D + 1):  # depth k consumes positions 0 .. P-k, in chunks
-            cache_k = StaticCache.empty(model.config, 1, capacity, w.device, w.dtype, model.config.mtp_pattern)
-            step = self._mtp_chunk()
-            h = _mtp_prefill(step, model, model.mtp.block(k), h[:, :P - k + 1], seq[:, k:], cache_k)
-            outs.append(h)
-            depths.append(cache_k)
-            steps.append(step)
-        drafts, spec = [int(model.lm_head(outs[0][0, -1]).argmax())], outs[0][:, :0]
-        for k in range(2, D + 1):  # depth k at positions P-k+1 .. P-1 on the drafts so far, then dropped
-            h_prev = pad_to_chunk(torch.cat([outs[k - 2][:, -1:], spec], 1))
-            ahead = pad_to_chunk(torch.tensor([drafts], device=w.device))
-            spec = steps[k - 1](model, model.mtp.block(k), h_prev, ahead, _at(P - k + 1, w.device), depths[k - 1],
-                                _at(0, w.device))[:, :k - 1]
-            drafts.append(int(model.lm_head(spec[0, -1]).argmax()))
-        carry = [o[:, -1].clone() for o in outs[:-1]]  # depth k's output at position P - k
-        return main, depths, carry, [int(seq[0, -1]), *drafts]
+            main, depths = self._plain_prefill(ids, split, capacity)
+        step = Compiled(prefill_round) if self.compile else prefill_round
 
-    def _mtp_chunk(self):
-        """A fresh wrapper per depth: each makes its first call with every guard (see ``Compiled``)."""
-        return Compiled(mtp_chunk) if self.compile else mtp_chunk
+        def chunk(start: int, m: int, last: int):
+            ahead = pad_to_chunk(ids[:, start + 1:start + 1 + PREFILL_CHUNK + D], PREFILL_CHUNK + D)
+            return step(model, pad_to_chunk(ids[:, start:start + m]), ahead, _at(start, w.device), main, depths,
+                        _at(m, w.device), _at(last, w.device))
 
+        for start in range(0 if P <= STATIC_PREFILL_MAX else split, split, PREFILL_CHUNK):
+            chunk(start, min(PREFILL_CHUNK, split - start), 0)
+        block, carry = chunk(split, P - split, 1)
+        return main, depths, carry, block.tolist()
 
-def _mtp_prefill(step, model: HybridLM, layers: list, h_prev: torch.Tensor, ahead: torch.Tensor,
-                 cache: StaticCache) -> torch.Tensor:
-    """Positions 0 .. n-1 of an MTP depth (n = h_prev's length) in chunks of ``step``."""
-    def call(start: int, m: int, at) -> torch.Tensor:
-        return step(model, layers, pad_to_chunk(h_prev[:, start:start + m]), pad_to_chunk(ahead[:, start:start + m]),
-                    at(start), cache, at(m))
-
-    return in_chunks(h_prev.size(1), call, h_prev.device)
+    def _plain_prefill(self, ids: torch.Tensor, n: int, capacity: int):
+        """The first n positions of a long prompt through the plain path (main model, then each depth),
+        copied into static caches."""
+        model, device = self.model, ids.device
+        cache = model.new_cache(1, kv_capacity=capacity)
+        h = model(ids[:, :n], cache=cache).hidden
+        main, depths = StaticCache(cache, capacity, 1, device), []
+        for k in range(1, self.depth + 1):
+            cache_k = model.new_mtp_cache(1, kv_capacity=capacity)
+            h = model.mtp(k, h, model.backbone.embeddings(ids[:, k:n + k]), cache_k)
+            depths.append(StaticCache(cache_k, capacity, 1, device))
+        return main, depths
 
 
 def _at(position: int, device) -> torch.Tensor:
