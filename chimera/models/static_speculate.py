@@ -15,6 +15,8 @@ so ``torch.compile`` makes it one graph and the host syncs once per round:
    rolled back. All of it is data-independent in shape: ``a`` is a tensor used as an index.
 
 So before a round, the main cache holds positions < L and depth k's cache positions < L - k + 1.
+Prefill (``prefill_round``, one graph per prompt chunk through the main model and every depth)
+establishes this for L = P, the prompt's length, and drafts the first round's block.
 Greedy output equals plain greedy decoding token for token (tests/test_static_speculate.py).
 """
 
