@@ -14,9 +14,13 @@ on two cores. Mamba states are constant-size and are prefilled for real on a sho
 Both of our models also run on the fast path (``*-compiled``: ``chimera.models.static_decode``,
 static caches and a ``torch.compile``d step, compiled once per model with dynamic shapes; the
 warm-up step that compiles is not timed). At batch 1 a step of this 38M-parameter model reads its
-151 MB of fp32 weights besides the cache, so the hybrid / Transformer ratio there stays near the
+151 MB of fp32 weights besides the cache, so the hybrid / Transformer ratio there follows the
 ratio of bytes read per step, (weights + Transformer KV) / (weights + hybrid cache), which the
-summary lists as ``bytes_per_step_transformer_over_hybrid``.
+summary lists as ``bytes_per_step_transformer_over_hybrid``. It ends up above that ratio because
+a CPU reads a long KV cache more slowly than a weight matrix: on one core of the 2-core machine
+the results come from, one-query GQA attention (``F.scaled_dot_product_attention``, the fastest
+kernel we tried) got through its keys and values at about 4-5 GB/s, a matrix-vector product at
+about 14 GB/s.
 
     python bench/decode_context.py            # full run -> results/decode_context.{json,png}
     python bench/decode_context.py --quick    # contexts 256 / 1024, to check the script
