@@ -19,8 +19,8 @@ ratio of bytes read per step, (weights + Transformer KV) / (weights + hybrid cac
 summary lists as ``bytes_per_step_transformer_over_hybrid``. It ends up above that ratio because
 a CPU reads a long KV cache more slowly than a weight matrix: on one core of the 2-core machine
 the results come from, one-query GQA attention (``F.scaled_dot_product_attention``, the fastest
-kernel we tried) got through its keys and values at about 4-5 GB/s, a matrix-vector product at
-about 14 GB/s.
+kernel we tried) got through its keys and values at about 4-5 GB/s, a matrix-vector product
+through a weight matrix too large for the caches at about 10-14 GB/s.
 
     python bench/decode_context.py            # full run -> results/decode_context.{json,png}
     python bench/decode_context.py --quick    # contexts 256 / 1024, to check the script
