@@ -159,6 +159,38 @@ def plot(results: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=100)
 
 
+def summarize(results: list[dict], contexts: list[int], n_hybrid: int, n_tf: int) -> dict:
+    """Per batch size: speed ratios between the runs at each context, the bytes-read ratio, and how
+    much the hybrid's step time grows from the first context to the last (plain and compiled)."""
+    summary = {}
+    for batch in (1, 8):
+        by = {(r["model"], r["context"]): r for r in results if r["batch"] == batch}
+
+        def ratio(a: str, b: str, by=by) -> dict[int, float]:
+            return {c: by[(a, c)]["tokens_per_s"] / by[(b, c)]["tokens_per_s"]
+                    for c in contexts if (a, c) in by and (b, c) in by}
+
+        def growth(model: str, by=by) -> float | None:
+            first, last = (model, contexts[0]), (model, contexts[-1])
+            return by[last]["ms_per_step"] / by[first]["ms_per_step"] if first in by and last in by else None
+
+        summary[f"batch{batch}"] = {
+            "hybrid_over_transformer_speed": ratio("hybrid", "transformer"),
+            "hybrid_over_hf_speed": ratio("hybrid", "hf-hybrid"),
+            "compiled_hybrid_over_compiled_transformer_speed": ratio("hybrid-compiled", "transformer-compiled"),
+            "compiled_over_plain_hybrid_speed": ratio("hybrid-compiled", "hybrid"),
+            "compiled_over_plain_transformer_speed": ratio("transformer-compiled", "transformer"),
+            # bytes a step reads, weights (fp32) + cache: the ratio a purely bandwidth-bound step would show
+            "bytes_per_step_transformer_over_hybrid": {
+                c: (4 * n_tf + by[("transformer", c)]["cache_mb"] * 2**20)
+                / (4 * n_hybrid + by[("hybrid", c)]["cache_mb"] * 2**20)
+                for c in contexts if ("hybrid", c) in by and ("transformer", c) in by},
+            "hybrid_step_time_growth": growth("hybrid"),
+            "compiled_hybrid_step_time_growth": growth("hybrid-compiled"),
+        }
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -207,29 +239,7 @@ def main() -> None:
                     print(f"b={batch} ctx={ctx:>6} {model:<12} {r['tokens_per_s']:>8.1f} tok/s "
                           f"{r['ms_per_step']:>8.1f} ms/step  cache {r['cache_mb']:>8.1f} MB  "
                           f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    summary = {}
-    for batch in (1, 8):
-        by = {(r["model"], r["context"]): r for r in results if r["batch"] == batch}
-
-        def ratio(a: str, b: str, by=by) -> dict[int, float]:
-            return {c: by[(a, c)]["tokens_per_s"] / by[(b, c)]["tokens_per_s"]
-                    for c in contexts if (a, c) in by and (b, c) in by}
-
-        summary[f"batch{batch}"] = {
-            "hybrid_over_transformer_speed": ratio("hybrid", "transformer"),
-            "hybrid_over_hf_speed": ratio("hybrid", "hf-hybrid"),
-            "compiled_hybrid_over_compiled_transformer_speed": ratio("hybrid-compiled", "transformer-compiled"),
-            "compiled_over_plain_hybrid_speed": ratio("hybrid-compiled", "hybrid"),
-            "compiled_over_plain_transformer_speed": ratio("transformer-compiled", "transformer"),
-            # bytes a step reads, weights (fp32) + cache: the ratio a purely bandwidth-bound step would show
-            "bytes_per_step_transformer_over_hybrid": {
-                c: (4 * n_tf + by[("transformer", c)]["cache_mb"] * 2**20)
-                / (4 * n_hybrid + by[("hybrid", c)]["cache_mb"] * 2**20)
-                for c in contexts if ("hybrid", c) in by and ("transformer", c) in by},
-            "hybrid_step_time_growth": (by[("hybrid", contexts[-1])]["ms_per_step"] /
-                                        by[("hybrid", contexts[0])]["ms_per_step"])
-            if ("hybrid", contexts[-1]) in by and ("hybrid", contexts[0]) in by else None,
-        }
+    summary = summarize(results, contexts, n_hybrid, n_tf)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"hybrid_pattern": HYBRID, "transformer_pattern": tf_cfg.pattern, "hybrid_params": n_hybrid,
