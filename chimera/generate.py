@@ -162,6 +162,7 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None
         logits = prefill(model, ids, cache, mask, prefill_chunk)
         if compile:
             fast = StaticDecoder(model, cache, capacity, compile=True)
+            cache = None  # copied into the static buffers: free it
     outputs: list[list[int]] = [[] for _ in range(b)]
     done = [False] * b
     stops = set(cfg.stop_tokens)
