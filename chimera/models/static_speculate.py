@@ -188,12 +188,6 @@ class StaticSpeculator:
         w = model.lm_head.weight
         ids = torch.tensor([prompt], device=w.device)
         split = max(0, P - PREFILL_CHUNK)
-        if P <= STATIC_PREFILL_MAX:
-            main = StaticCache.empty(model.config, 1, capacity, w.device, w.dtype)
-            depths = [StaticCache.empty(model.config, 1, capacity, w.device, w.dtype, model.config.mtp_pattern)
-                      for _ in range(D)]
-        else:
-            main, depths = self._plain_prefill(ids, split, capacity)
         step = Compiled(prefill_round) if self.compile else prefill_round
 
         def chunk(start: int, m: int, last: int):
@@ -201,8 +195,14 @@ class StaticSpeculator:
             return step(model, pad_to_chunk(ids[:, start:start + m]), ahead, _at(start, w.device), main, depths,
                         _at(m, w.device), _at(last, w.device))
 
-        for start in range(0 if P <= STATIC_PREFILL_MAX else split, split, PREFILL_CHUNK):
-            chunk(start, min(PREFILL_CHUNK, split - start), 0)
+        if P <= STATIC_PREFILL_MAX:
+            main = StaticCache.empty(model.config, 1, capacity, w.device, w.dtype)
+            depths = [StaticCache.empty(model.config, 1, capacity, w.device, w.dtype, model.config.mtp_pattern)
+                      for _ in range(D)]
+            for start in range(0, split, PREFILL_CHUNK):
+                chunk(start, min(PREFILL_CHUNK, split - start), 0)
+        else:
+            main, depths = self._plain_prefill(ids, split, capacity)
         block, carry = chunk(split, P - split, 1)
         return main, depths, carry, block.tolist()
 
