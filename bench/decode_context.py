@@ -159,6 +159,54 @@ def plot(results: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=100)
 
 
+def line_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares (intercept, slope) of y = a + b x."""
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    return my - slope * mx, slope
+
+
+def goal_tradeoff(hybrid: tuple[float, float], transformer: tuple[float, float], contexts: list[int],
+                  growth: float = 1.3, at: int = 16384) -> dict:
+    """What the fitted step times t(T) = fixed + per_token * T say about the two goals together.
+
+    r = transformer per_token / hybrid per_token is set by the architectures (the ratio of their
+    attention layers, 17 / 2 here) and alpha = transformer fixed / hybrid fixed by the matched parameter
+    counts. Whatever the kernels cost, the hybrid's growth from the first to the last context is
+    (1 + y T1) / (1 + y T0) with y = per_token / fixed, and the speed ratio at ``at`` is
+    (alpha + r y at) / (1 + y at), which rises with y when r > alpha. So the largest ratio at ``at``
+    that a growth of at most ``growth`` allows is the ratio at y = (growth - 1) / (T1 - growth T0)."""
+    (a_h, c_h), (a_t, c_t) = hybrid, transformer
+    r, alpha = c_t / c_h, a_t / a_h
+    t0, t1 = contexts[0], contexts[-1]
+
+    def speed_ratio(y: float) -> float:
+        return (alpha + r * y * at) / (1 + y * at)
+
+    y_fit, y_goal = c_h / a_h, (growth - 1) / (t1 - growth * t0)
+    return {"per_token_ratio": r, "fixed_ratio": alpha,
+            "fitted_growth": (1 + y_fit * t1) / (1 + y_fit * t0), f"fitted_speed_ratio_at_{at}": speed_ratio(y_fit),
+            f"max_speed_ratio_at_{at}_with_growth_{growth}": speed_ratio(y_goal)}
+
+
+def cost_model(by: dict, contexts: list[int]) -> dict:
+    """Per run, the least-squares line through its step times, and for each hybrid / Transformer pair
+    the trade-off between the two goals that the lines imply (``goal_tradeoff``)."""
+    fits = {}
+    for model in sorted({m for m, _ in by}):
+        points = [(c, by[(model, c)]["ms_per_step"]) for c in contexts if (model, c) in by]
+        if len(points) >= 2:
+            fixed, per_token = line_fit(points)
+            fits[model] = {"fixed_ms": fixed, "ms_per_1k_context": 1024 * per_token, "_line": (fixed, per_token)}
+    out = {"step_time_fit": {m: {k: v for k, v in f.items() if k != "_line"} for m, f in fits.items()}}
+    for suffix in ("", "-compiled"):
+        h, t = fits.get("hybrid" + suffix), fits.get("transformer" + suffix)
+        if h and t and contexts[-1] >= 16384:
+            out["tradeoff" + suffix.replace("-", "_")] = goal_tradeoff(h["_line"], t["_line"], contexts)
+    return out
+
+
 def summarize(results: list[dict], contexts: list[int], n_hybrid: int, n_tf: int) -> dict:
     """Per batch size: speed ratios between the runs at each context, the bytes-read ratio, and how
     much the hybrid's step time grows from the first context to the last (plain and compiled)."""
@@ -187,6 +235,7 @@ def summarize(results: list[dict], contexts: list[int], n_hybrid: int, n_tf: int
                 for c in contexts if ("hybrid", c) in by and ("transformer", c) in by},
             "hybrid_step_time_growth": growth("hybrid"),
             "compiled_hybrid_step_time_growth": growth("hybrid-compiled"),
+            "cost_model": cost_model(by, contexts),
         }
     return summary
 

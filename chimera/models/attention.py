@@ -8,6 +8,7 @@ from torch import nn
 
 from chimera.models.cache import KVState
 from chimera.models.config import HybridConfig
+from chimera.models.decode_attention import attend
 
 
 class Attention(nn.Module):
@@ -56,5 +57,5 @@ class Attention(nn.Module):
         g = self.nh // self.nkv
         qg = q.reshape(b, self.nkv, g, self.hd)  # heads h = kv * g + j share kv group `kv`
         mask = None if key_mask is None else key_mask[:, None, None, :].bool()
-        y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)  # (b, nkv, g, hd)
+        y = attend(qg, k, v, mask)  # (b, nkv, g, hd)
         return y.reshape(b, self.nh, self.hd)

@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chimera.models import decode_attention
 from chimera.models.cache import HybridCache, KVState, MambaState
+from chimera.models.decode_attention import attend
 from chimera.models.hybrid import HybridLM
 from chimera.models.ssd import ssd_recurrent
 
@@ -119,7 +121,7 @@ def attention_tokens(attn, h: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Te
     key = torch.arange(k_buf.size(2), device=h.device)
     block = (key[None, :] >= pos[0]) & (key[None, :] <= pos[:, None])  # (n, capacity)
     mask = (pending.valid[:, None, :] | block).repeat(1, g, 1)  # (b, g * n, capacity)
-    y = F.scaled_dot_product_attention(q, k_buf, v_buf, attn_mask=mask[:, None])  # (b, nkv, g * n, hd)
+    y = attend(q, k_buf, v_buf, mask[:, None])  # (b, nkv, g * n, hd)
     y = y.view(b, attn.nkv, g, n, attn.hd).permute(0, 3, 1, 2, 4).reshape(b, n, attn.nh * attn.hd)
     return attn.o_proj(y)
 
@@ -258,6 +260,7 @@ class Compiled:
     """
 
     def __init__(self, fn):
+        decode_attention.build()  # before tracing: the graph calls the kernel if it builds
         if fn not in _COMPILED:
             _COMPILED[fn] = torch.compile(fn, fullgraph=True, dynamic=True, options={"cpp_wrapper": True})
         self.raw = fn

@@ -1,0 +1,218 @@
+// Decode attention on x86 CPUs: a few query rows (the query heads of one KV group, times the tokens
+// of a speculative block) against a long KV cache, reading each key and value once.
+//
+// torch's scaled_dot_product_attention and matmul route these shapes (M <= a few dozen rows, T in the
+// thousands, D = 64 / 128) to GEMM kernels tuned for large M, which on one core got through the
+// cache at 3-4 GB/s against a memory bandwidth of about 11 GB/s. Here each (batch, KV head) walks the
+// keys in blocks of BT: per block, the scores of every row (8 keys at a time, with the eight dot
+// products reduced together), an online-softmax update, and the values accumulated in registers.
+//
+// Registered as chimera::decode_attention(q, k, v, mask, scale) so that torch.compile graphs call it
+// like any other op; chimera/models/decode_attention.py builds it and falls back to SDPA without it.
+
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "chimera decode attention needs a CPU with AVX2 and FMA"
+#endif
+#include <immintrin.h>
+
+namespace {
+
+constexpr int BT = 64;  // keys per block: BT x D floats of keys and of values stay in L1 for the block
+
+// eight vectors -> one vector whose lane u is the sum of the lanes of a[u]
+inline __m256 sum8(const __m256* a) {
+  __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// exp(x) lane-wise for x <= 0 (scores minus their running maximum): 2^n e^r with n = round(x log2 e)
+// and e^r, |r| <= ln2 / 2, from its degree-6 Taylor polynomial (relative error under 2e-7).
+// Lanes below -87 (e^-87 < 2e-38), masked keys' -inf among them, give exactly 0.
+inline __m256 exp_nonpositive(__m256 x) {
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.f), _CMP_GT_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln 2 in two parts, exact products
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(scale)), keep);
+}
+
+inline float max_of(const float* s, int n, float init) {
+  __m256 m = _mm256_set1_ps(init);
+  int t = 0;
+  for (; t + 8 <= n; t += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + t));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float mx = init;
+  for (float x : lanes) mx = std::max(mx, x);
+  for (; t < n; t++) mx = std::max(mx, s[t]);
+  return mx;
+}
+
+// s[t] = exp(s[t] - mx) for t < n (every s[t] <= mx); returns their sum
+inline float exp_shifted(float* s, int n, float mx) {
+  const __m256 shift = _mm256_set1_ps(mx);
+  __m256 acc = _mm256_setzero_ps();
+  int t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(s + t), shift));
+    _mm256_storeu_ps(s + t, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, acc);
+  float sum = 0.f;
+  for (float x : lanes) sum += x;
+  for (; t < n; t++) {
+    s[t] = std::exp(s[t] - mx);
+    sum += s[t];
+  }
+  return sum;
+}
+
+struct Head {
+  const float* q;      // (M, D), contiguous
+  const float* k;      // T rows of D at stride ks
+  const float* v;      // T rows of D at stride vs
+  const bool* mask;    // (M, T) at row stride ms, or nullptr: true = may attend
+  int64_t ks, vs, ms, M, T;
+  float scale;
+  float* out;          // (M, D), contiguous
+};
+
+// scores of query row qr against keys t0 .. t0 + n of the block, into s[0 .. n)
+template <int C>
+inline void scores(const float* qr, const float* k, int64_t ks, int64_t t0, int n, float scale, float* s) {
+  constexpr int D = 8 * C;
+  const __m256 sc = _mm256_set1_ps(scale);
+  int t = 0;
+  for (; t + 8 <= n; t += 8) {
+    __m256 acc[8];
+    for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
+    const float* kb = k + (t0 + t) * ks;
+    for (int c = 0; c < C; c++) {
+      const __m256 qv = _mm256_loadu_ps(qr + 8 * c);
+      for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(kb + u * ks + 8 * c), qv, acc[u]);
+    }
+    _mm256_storeu_ps(s + t, _mm256_mul_ps(sum8(acc), sc));
+  }
+  for (; t < n; t++) {
+    const float* kr = k + (t0 + t) * ks;
+    float x = 0.f;
+    for (int d = 0; d < D; d++) x += kr[d] * qr[d];
+    s[t] = x * scale;
+  }
+}
+
+template <int C>
+void attend_head(const Head& h) {
+  constexpr int D = 8 * C;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> s(h.M * BT), m(h.M, ninf), l(h.M, 0.f);
+  std::vector<__m256> acc(h.M * C, _mm256_setzero_ps());
+  for (int64_t t0 = 0; t0 < h.T; t0 += BT) {
+    const int n = static_cast<int>(std::min<int64_t>(BT, h.T - t0));
+    for (int64_t j = 0; j < h.M; j++) {
+      float* sj = s.data() + j * BT;
+      scores<C>(h.q + j * D, h.k, h.ks, t0, n, h.scale, sj);
+      if (h.mask) {
+        const bool* mr = h.mask + j * h.ms + t0;
+        for (int t = 0; t < n; t++) sj[t] = mr[t] ? sj[t] : ninf;
+      }
+      const float mx = max_of(sj, n, m[j]);
+      if (mx == ninf) continue;  // every key of the block so far is masked for this row
+      const float rescale = std::exp(m[j] - mx);
+      l[j] = l[j] * rescale + exp_shifted(sj, n, mx);
+      m[j] = mx;
+      __m256 a[C];
+      const __m256 r = _mm256_set1_ps(rescale);
+      for (int c = 0; c < C; c++) a[c] = _mm256_mul_ps(acc[j * C + c], r);
+      for (int t = 0; t < n; t++) {
+        const float* vr = h.v + (t0 + t) * h.vs;
+        const __m256 p = _mm256_set1_ps(sj[t]);
+        for (int c = 0; c < C; c++) a[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), a[c]);
+      }
+      for (int c = 0; c < C; c++) acc[j * C + c] = a[c];
+    }
+  }
+  for (int64_t j = 0; j < h.M; j++) {
+    const __m256 inv = _mm256_set1_ps(l[j] > 0.f ? 1.f / l[j] : 0.f);  // a fully masked row gives zeros
+    for (int c = 0; c < C; c++) _mm256_storeu_ps(h.out + j * D + 8 * c, _mm256_mul_ps(acc[j * C + c], inv));
+  }
+}
+
+// q (b, h, M, D); k, v (b, h, T, D) with unit stride in D; mask (b, M, T) bool with unit stride in T
+// (the same for every head), or none. Returns (b, h, M, D).
+at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& mask, double scale) {
+  TORCH_CHECK(q_in.dim() == 4 && k.dim() == 4 && v.dim() == 4, "decode_attention: q, k, v must be 4-d");
+  TORCH_CHECK(q_in.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "decode_attention: float32 only");
+  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "decode_attention: keys and values need unit stride in D");
+  TORCH_CHECK(k.sizes() == v.sizes() && q_in.size(0) == k.size(0) && q_in.size(1) == k.size(1) &&
+              q_in.size(3) == k.size(3), "decode_attention: shapes of q ", q_in.sizes(), ", k ", k.sizes(),
+              ", v ", v.sizes(), " do not match");
+  const at::Tensor q = q_in.contiguous();
+  const int64_t B = q.size(0), H = q.size(1), M = q.size(2), D = q.size(3), T = k.size(2);
+  const bool* mp = nullptr;
+  int64_t mb = 0, ms = 0;
+  if (mask) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 3 && mask->size(0) == B && mask->size(1) == M &&
+                mask->size(2) == T && mask->stride(2) == 1, "decode_attention: mask must be bool (b, M, T) with unit "
+                "stride in T, got ", mask->sizes());
+    mp = mask->data_ptr<bool>();
+    mb = mask->stride(0);
+    ms = mask->stride(1);
+  }
+  at::Tensor out = at::empty({B, H, M, D}, q.options());
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) {
+      const int64_t b = i / H, hh = i % H;
+      Head h{qp + i * M * D, kp + b * k.stride(0) + hh * k.stride(1), vp + b * v.stride(0) + hh * v.stride(1),
+             mp ? mp + b * mb : nullptr, k.stride(2), v.stride(2), ms, M, T, static_cast<float>(scale),
+             op + i * M * D};
+      switch (D) {
+        case 32: attend_head<4>(h); break;
+        case 64: attend_head<8>(h); break;
+        case 128: attend_head<16>(h); break;
+        case 256: attend_head<32>(h); break;
+        default: TORCH_CHECK(false, "decode_attention: head_dim ", D, " is not one of 32, 64, 128, 256");
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(chimera, m) {
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(chimera, CPU, m) {
+  m.impl("decode_attention", &decode_attention);
+}

@@ -1,0 +1,85 @@
+"""Attention of a few query rows over a long KV cache: the decode step's attention, on CPU.
+
+``attend(q, k, v, mask)`` is ``F.scaled_dot_product_attention`` for these shapes. On an x86 CPU with
+AVX2 it runs the C++ kernel in ``csrc/decode_attention.cpp`` (registered as
+``torch.ops.chimera.decode_attention``, so compiled graphs call it too), which reads each key and
+value once per step; bench/decode_attention.py measures it against SDPA, and
+tests/test_decode_attention.py holds the two equal to float rounding. The kernel is built with
+``torch.utils.cpp_extension`` on first use (ninja and a C++ compiler; about a minute, then cached under
+``~/.cache/torch_extensions``). Where it cannot be built, one warning says why and SDPA is used.
+``CHIMERA_DECODE_KERNEL=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SOURCE = Path(__file__).with_name("csrc") / "decode_attention.cpp"
+HEAD_DIMS = (32, 64, 128, 256)
+MAX_ROWS = 128
+"""Query rows per (batch, KV head) up to which the kernel is used: the query heads of a group times
+the tokens of a decode step, a speculative block or a static prefill chunk. Wider prompt chunks
+are matrix products that SDPA's GEMMs do better."""
+
+_built: dict[str, bool] = {}
+
+
+def build() -> bool:
+    """Build and load the kernel once per process; whether it is available. Call it before
+    ``torch.compile`` traces a graph that attends (``static_decode.Compiled`` does)."""
+    if "ok" not in _built:
+        _built["ok"] = _load()
+    return _built["ok"]
+
+
+def _load() -> bool:
+    if os.environ.get("CHIMERA_DECODE_KERNEL", "1") == "0":
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False  # the kernel is written for AVX2; elsewhere SDPA is the path, not a fault
+    try:
+        from torch.utils.cpp_extension import load
+
+        load(name="chimera_decode_attention", sources=[str(SOURCE)], is_python_module=False,
+             extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"])
+        torch.library.register_fake("chimera::decode_attention")(_shape)
+    except Exception as e:  # any build failure means: use SDPA, and say why
+        warnings.warn(f"chimera: the C++ decode-attention kernel could not be built ({str(e)[-400:]}); "
+                      "decoding uses torch's scaled_dot_product_attention instead (slower on long contexts). "
+                      "It needs ninja (pip install ninja), a C++ compiler and a CPU with AVX2 and FMA; "
+                      "CHIMERA_DECODE_KERNEL=0 skips it without this warning.", stacklevel=3)
+        return False
+    return True
+
+
+def _shape(q, k, v, mask, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def uses_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether ``attend`` runs the kernel for these operands (it builds the kernel if it has not)."""
+    if not torch.compiler.is_compiling():
+        build()
+    return (_built.get("ok", False) and q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
+            and q.size(-1) in HEAD_DIMS and q.size(-2) <= MAX_ROWS and k.stride(-1) == 1 and v.stride(-1) == 1
+            and not (q.requires_grad or k.requires_grad or v.requires_grad))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """q (b, h, M, d), k / v (b, h, T, d), mask bool broadcastable to (b, 1, M, T) (True: may attend)
+    -> (b, h, M, d), softmax(q k^T / sqrt(d)) v as ``F.scaled_dot_product_attention`` computes it.
+    A row with no key to attend gives zeros here and NaN there; decoding never asks for one."""
+    if not uses_kernel(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    b, _, m, d = q.shape
+    if mask is not None:
+        mask = mask.expand(b, 1, m, k.size(2))[:, 0]
+        if mask.stride(-1) != 1:
+            mask = mask.contiguous()
+    return torch.ops.chimera.decode_attention(q, k, v, mask, d ** -0.5)

@@ -1,0 +1,79 @@
+"""The C++ decode-attention kernel against torch's scaled_dot_product_attention, and its use by the
+decode paths (plain and compiled)."""
+
+import platform
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chimera.models import decode_attention as da
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def test_kernel_builds_on_x86():
+    """CI runs on x86 with gcc and ninja: a broken build must fail here, not fall back quietly."""
+    if not X86:
+        pytest.skip("the kernel is x86 (AVX2) only; elsewhere attend is SDPA")
+    assert da.build()
+
+
+@pytest.mark.parametrize("b,h,m,t,d", [(1, 2, 4, 1000, 64), (3, 2, 17, 77, 128), (2, 1, 1, 5, 32),
+                                       (1, 2, 68, 300, 64), (2, 3, 8, 130, 256)])
+@pytest.mark.parametrize("masking", ["none", "per_row", "per_key"])
+def test_attend_matches_sdpa(b, h, m, t, d, masking):
+    """Cache views (keys of a longer buffer), rows and lengths off the kernel's multiples of 8 and 64,
+    masks per (batch, row, key) and per key only."""
+    g = torch.Generator().manual_seed(b * 1000 + t)
+    q = 3 * torch.randn(b, h, m, d, generator=g)
+    k = torch.randn(b, h, t + 40, d, generator=g)[:, :, :t]
+    v = torch.randn(b, h, t + 40, d, generator=g)[:, :, :t]
+    mask = torch.rand(b, 1, m, t, generator=g) > 0.4
+    mask[..., t // 2] = True  # no row without a key
+    mask = {"none": None, "per_row": mask, "per_key": mask[:, :, :1]}[masking]
+    ours = da.attend(q, k, v, mask)
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask).float()
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, atol=2e-6, rtol=1e-5)
+    if X86:
+        assert da.uses_kernel(q, k, v)
+
+
+def test_masked_keys_get_no_weight():
+    """A masked key with a huge score must not leak into the output."""
+    q = torch.ones(1, 1, 2, 64)
+    k = torch.zeros(1, 1, 100, 64)
+    k[..., 50, :] = 10.0  # score 800 / sqrt(64) = 100: dominant if not masked
+    v = torch.randn(1, 1, 100, 64)
+    mask = torch.ones(1, 1, 2, 100, dtype=torch.bool)
+    mask[..., 50] = False
+    torch.testing.assert_close(da.attend(q, k, v, mask), v[..., torch.arange(100) != 50, :].mean(-2, keepdim=True)
+                               .expand(1, 1, 2, 64), atol=1e-6, rtol=1e-5)
+
+
+def test_other_cases_go_to_sdpa():
+    q, k = torch.randn(1, 2, 4, 64), torch.randn(1, 2, 10, 64)
+    assert not da.uses_kernel(q.double(), k.double(), k.double())
+    assert not da.uses_kernel(torch.randn(1, 2, 4, 48), torch.randn(1, 2, 10, 48), torch.randn(1, 2, 10, 48))
+    assert not da.uses_kernel(torch.randn(1, 2, da.MAX_ROWS + 1, 64), k, k)
+    assert not da.uses_kernel(q.requires_grad_(), k, k)  # the kernel has no backward
+    assert not da.uses_kernel(q, k.transpose(-1, -2).contiguous().transpose(-1, -2), k)
+
+
+def test_compiled_graphs_call_the_kernel():
+    if not (X86 and da.build()):
+        pytest.skip("no kernel on this machine")
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    q, k, v = torch.randn(2, 2, 4, 64), torch.randn(2, 2, 200, 64), torch.randn(2, 2, 200, 64)
+    mask = torch.rand(2, 1, 4, 200) > 0.2
+    mask[..., 0] = True
+    out = torch.compile(da.attend, backend=record, fullgraph=True)(q, k, v, mask)
+    targets = {n.target for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
+    assert targets & {torch.ops.chimera.decode_attention, torch.ops.chimera.decode_attention.default}
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=2e-6, rtol=1e-5)
