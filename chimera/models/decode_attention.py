@@ -47,7 +47,8 @@ def _load() -> bool:
         from torch.utils.cpp_extension import load
 
         load(name="chimera_decode_attention", sources=[str(SOURCE)], is_python_module=False,
-             extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math"])
+             extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"],
+             extra_ldflags=["-fopenmp"])  # at::parallel_for is OpenMP; libgomp.so.1 is torch's, already loaded
         torch.library.register_fake("chimera::decode_attention")(_shape)
     except Exception as e:  # any build failure means: use SDPA, and say why
         warnings.warn(f"chimera: the C++ decode-attention kernel could not be built ({str(e)[-400:]}); "
