@@ -16,11 +16,19 @@ static caches and a ``torch.compile``d step, compiled once per model with dynami
 warm-up step that compiles is not timed). At batch 1 a step of this 38M-parameter model reads its
 151 MB of fp32 weights besides the cache, so the hybrid / Transformer ratio there follows the
 ratio of bytes read per step, (weights + Transformer KV) / (weights + hybrid cache), which the
-summary lists as ``bytes_per_step_transformer_over_hybrid``. It ends up above that ratio because
+summary lists as ``bytes_per_step_transformer_over_hybrid``. It can end up above that ratio because
 a CPU reads a long KV cache more slowly than a weight matrix: on one core of the 2-core machine
-the results come from, one-query GQA attention (``F.scaled_dot_product_attention``, the fastest
-kernel we tried) got through its keys and values at about 4-5 GB/s, a matrix-vector product
-through a weight matrix too large for the caches at about 10-14 GB/s.
+the results come from, decode attention (chimera's kernel, ``chimera.models.decode_attention``;
+``F.scaled_dot_product_attention`` got 3-4 GB/s) gets through keys and values at about 5-6 GB/s, a
+matrix-vector product through a weight matrix too large for the caches at about 10-14 GB/s.
+
+The summary's ``cost_model`` fits each run's step time as fixed + per-token * context. The ratio of
+the two models' per-token costs is set by their attention layers (17 vs 2) and the ratio of their
+fixed costs by their matched sizes, so the hybrid's growth from 1k to 32k and its speed ratio at
+16k are both functions of one number, its per-token / fixed cost: faster attention kernels lower
+both. ``max_speed_ratio_at_16384_with_growth_1.3`` is the largest ratio at 16k that a growth of
+at most 1.3x allows (about 2x here), which is why no kernel meets a 3x ratio and a 1.3x growth
+at once at this model size.
 
     python bench/decode_context.py            # full run -> results/decode_context.{json,png}
     python bench/decode_context.py --quick    # contexts 256 / 1024, to check the script

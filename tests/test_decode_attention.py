@@ -77,3 +77,25 @@ def test_compiled_graphs_call_the_kernel():
     targets = {n.target for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
     assert targets & {torch.ops.chimera.decode_attention, torch.ops.chimera.decode_attention.default}
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=2e-6, rtol=1e-5)
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
+    import torch.utils.cpp_extension as ext
+
+    def broken(**kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(da, "_built", {})
+    monkeypatch.setattr(da.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(ext, "load", broken)
+    with pytest.warns(UserWarning, match="Ninja is required.*scaled_dot_product_attention instead"):
+        assert not da.build()
+    q, k = torch.randn(1, 2, 4, 64), torch.randn(1, 2, 10, 64)
+    assert not da.uses_kernel(q, k, k)
+    torch.testing.assert_close(da.attend(q, k, k), F.scaled_dot_product_attention(q, k, k))
+
+
+def test_env_var_turns_the_kernel_off(monkeypatch):
+    monkeypatch.setattr(da, "_built", {})
+    monkeypatch.setenv("CHIMERA_DECODE_KERNEL", "0")
+    assert not da.build()

@@ -65,11 +65,12 @@ def _shape(q, k, v, mask, scale):
 
 def uses_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``attend`` runs the kernel for these operands (it builds the kernel if it has not)."""
-    if not torch.compiler.is_compiling():
-        build()
-    return (_built.get("ok", False) and q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
-            and q.size(-1) in HEAD_DIMS and q.size(-2) <= MAX_ROWS and k.stride(-1) == 1 and v.stride(-1) == 1
-            and not (q.requires_grad or k.requires_grad or v.requires_grad))
+    ok = _built.get("ok")
+    if ok is None and not torch.compiler.is_compiling():
+        ok = build()
+    return bool(ok) and q.is_cpu and q.dtype == k.dtype == v.dtype == torch.float32 and q.size(-1) in HEAD_DIMS \
+        and q.size(-2) <= MAX_ROWS and k.stride(-1) == 1 and v.stride(-1) == 1 \
+        and not (q.requires_grad or k.requires_grad or v.requires_grad)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
