@@ -4,7 +4,9 @@ torch's ``F.scaled_dot_product_attention`` on the same operands, in one process,
 Shapes are those of a decode step: the query heads of each KV group as rows (g = 4), against a KV
 cache of T positions, for the head layout of bench/decode_context.py's models (2 KV heads of 64)
 and of Nemotron-H-8B (8 KV heads of 128). Each cell reports the median of ``--repeats`` calls and
-the rate at which the call gets through the cache's keys and values (GB/s).
+the rate at which the call gets through the cache's keys and values (GB/s). A second sweep varies
+the query rows per KV head (a speculative block of n tokens has 4n) up to the kernel's
+``MAX_ROWS``, past which ``attend`` hands over to SDPA.
 
     python bench/decode_attention.py            # -> results/decode_attention.json
     python bench/decode_attention.py --quick    # T = 1k / 4k, to check the script
@@ -38,6 +40,20 @@ def median_ms(fn, args: tuple, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+def measure(layout: str, kv_heads: int, head_dim: int, batch: int, rows: int, ctx: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    q = torch.randn(batch, kv_heads, rows, head_dim)
+    k, v = (torch.randn(batch, kv_heads, ctx, head_dim) for _ in range(2))
+    sdpa = median_ms(F.scaled_dot_product_attention, (q, k, v), repeats)
+    ours = median_ms(decode_attention.attend, (q, k, v), repeats)
+    gb = 2 * k.numel() * 4 / 1e9
+    row = {"layout": layout, "batch": batch, "rows": rows, "context": ctx, "sdpa_ms": sdpa, "kernel_ms": ours,
+           "speedup": sdpa / ours, "sdpa_gb_per_s": gb / sdpa * 1e3, "kernel_gb_per_s": gb / ours * 1e3}
+    print(f"{layout:<24} b={batch} rows={rows:>3} T={ctx:>6}  sdpa {sdpa:8.3f} ms ({row['sdpa_gb_per_s']:5.1f} GB/s)  "
+          f"kernel {ours:8.3f} ms ({row['kernel_gb_per_s']:5.1f} GB/s)  {row['speedup']:.2f}x", flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -49,27 +65,20 @@ def main() -> None:
     if not decode_attention.build():
         raise SystemExit("the decode-attention kernel is not available here (see the warning above)")
     contexts = [1024, 4096] if a.quick else [1024, 4096, 16384, 32768]
-    rows = []
+    results = []
     for layout, (kv_heads, head_dim) in LAYOUTS.items():
         for batch in (1, 8):
             if batch * kv_heads * head_dim > 2 * 8 * 64 and not a.quick:
                 continue  # batch 8 of the 8B layout at 32k is 4 GB of cache; batch 1 shows the same
             for ctx in contexts:
-                torch.manual_seed(0)
-                q = torch.randn(batch, kv_heads, GROUP, head_dim)
-                k, v = (torch.randn(batch, kv_heads, ctx, head_dim) for _ in range(2))
-                sdpa = median_ms(F.scaled_dot_product_attention, (q, k, v), a.repeats)
-                ours = median_ms(decode_attention.attend, (q, k, v), a.repeats)
-                gb = 2 * k.numel() * 4 / 1e9
-                row = {"layout": layout, "batch": batch, "context": ctx, "sdpa_ms": sdpa, "kernel_ms": ours,
-                       "speedup": sdpa / ours, "sdpa_gb_per_s": gb / sdpa * 1e3, "kernel_gb_per_s": gb / ours * 1e3}
-                rows.append(row)
-                print(f"{layout:<24} b={batch} T={ctx:>6}  sdpa {sdpa:8.3f} ms ({row['sdpa_gb_per_s']:5.1f} GB/s)  "
-                      f"kernel {ours:8.3f} ms ({row['kernel_gb_per_s']:5.1f} GB/s)  {row['speedup']:.2f}x", flush=True)
+                results.append(measure(layout, kv_heads, head_dim, batch, GROUP, ctx, a.repeats))
+    layout, (kv_heads, head_dim) = next(iter(LAYOUTS.items()))
+    for n_rows in (16, 32, 64, decode_attention.MAX_ROWS):
+        results.append(measure(layout, kv_heads, head_dim, 1, n_rows, contexts[1], a.repeats))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"group": GROUP, "threads": a.threads, "repeats": a.repeats, "torch": torch.__version__}
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
