@@ -99,3 +99,23 @@ def test_env_var_turns_the_kernel_off(monkeypatch):
     monkeypatch.setattr(da, "_built", {})
     monkeypatch.setenv("CHIMERA_DECODE_KERNEL", "0")
     assert not da.build()
+
+
+def test_key_ranges_split_over_threads_merge_exactly():
+    """One sequence and one KV head on 4 threads: the keys go to 4 ranges that are merged; a row
+    whose first ranges are all masked, and a row with no key at all (zeros), included."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        g = torch.Generator().manual_seed(7)
+        q = 3 * torch.randn(1, 1, 3, 64, generator=g)
+        k, v = torch.randn(1, 1, 3000, 64, generator=g), torch.randn(1, 1, 3000, 64, generator=g)
+        mask = torch.rand(1, 1, 3, 3000, generator=g) > 0.5
+        mask[0, 0, 1, :2000] = False
+        mask[0, 0, 2] = False
+        ours = da.attend(q, k, v, mask)
+    finally:
+        torch.set_num_threads(threads)
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask).float()
+    torch.testing.assert_close(ours[:, :, :2], ref[:, :, :2], atol=2e-6, rtol=1e-5)
+    assert torch.equal(ours[:, :, 2], torch.zeros(1, 1, 64))

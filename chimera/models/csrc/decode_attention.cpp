@@ -6,6 +6,8 @@
 // cache at 3-4 GB/s against a memory bandwidth of about 11 GB/s. Here each (batch, KV head) walks the
 // keys in blocks of BT: per block, the scores of every row (8 keys at a time, with the eight dot
 // products reduced together), an online-softmax update, and the values accumulated in registers.
+// With fewer (batch, KV head) pairs than threads, as when one sequence is decoded, the keys are
+// also split into ranges that threads work through apart and whose softmax states are then merged.
 //
 // Registered as chimera::decode_attention(q, k, v, mask, scale) so that torch.compile graphs call it
 // like any other op; chimera/models/decode_attention.py builds it and falls back to SDPA without it.
@@ -14,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -27,6 +30,7 @@
 namespace {
 
 constexpr int BT = 64;  // keys per block: BT x D floats of keys and of values stay in L1 for the block
+constexpr int64_t MIN_SPLIT_BLOCKS = 8;  // the fewest blocks worth a thread of their own
 
 // eight vectors -> one vector whose lane u is the sum of the lanes of a[u]
 inline __m256 sum8(const __m256* a) {
@@ -97,7 +101,6 @@ struct Head {
   const bool* mask;    // (M, T) at row stride ms, or nullptr: true = may attend
   int64_t ks, vs, ms, M, T;
   float scale;
-  float* out;          // (M, D), contiguous
 };
 
 // scores of query row qr against keys t0 .. t0 + n of the block, into s[0 .. n)
@@ -124,14 +127,15 @@ inline void scores(const float* qr, const float* k, int64_t ks, int64_t t0, int 
   }
 }
 
+// Softmax state of the M rows over keys [begin, end): running maximum m, sum l and unnormalised
+// output acc (M x D); start from m = -inf, l = 0, acc = 0.
 template <int C>
-void attend_head(const Head& h) {
+void attend_range(const Head& h, int64_t begin, int64_t end, float* m, float* l, float* acc) {
   constexpr int D = 8 * C;
   const float ninf = -std::numeric_limits<float>::infinity();
-  std::vector<float> s(h.M * BT), m(h.M, ninf), l(h.M, 0.f);
-  std::vector<__m256> acc(h.M * C, _mm256_setzero_ps());
-  for (int64_t t0 = 0; t0 < h.T; t0 += BT) {
-    const int n = static_cast<int>(std::min<int64_t>(BT, h.T - t0));
+  std::vector<float> s(h.M * BT);
+  for (int64_t t0 = begin; t0 < end; t0 += BT) {
+    const int n = static_cast<int>(std::min<int64_t>(BT, end - t0));
     for (int64_t j = 0; j < h.M; j++) {
       float* sj = s.data() + j * BT;
       scores<C>(h.q + j * D, h.k, h.ks, t0, n, h.scale, sj);
@@ -140,24 +144,55 @@ void attend_head(const Head& h) {
         for (int t = 0; t < n; t++) sj[t] = mr[t] ? sj[t] : ninf;
       }
       const float mx = max_of(sj, n, m[j]);
-      if (mx == ninf) continue;  // every key of the block so far is masked for this row
+      if (mx == ninf) continue;  // every key so far is masked for this row
       const float rescale = std::exp(m[j] - mx);
       l[j] = l[j] * rescale + exp_shifted(sj, n, mx);
       m[j] = mx;
+      float* aj = acc + j * D;
       __m256 a[C];
       const __m256 r = _mm256_set1_ps(rescale);
-      for (int c = 0; c < C; c++) a[c] = _mm256_mul_ps(acc[j * C + c], r);
+      for (int c = 0; c < C; c++) a[c] = _mm256_mul_ps(_mm256_loadu_ps(aj + 8 * c), r);
       for (int t = 0; t < n; t++) {
         const float* vr = h.v + (t0 + t) * h.vs;
         const __m256 p = _mm256_set1_ps(sj[t]);
         for (int c = 0; c < C; c++) a[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), a[c]);
       }
-      for (int c = 0; c < C; c++) acc[j * C + c] = a[c];
+      for (int c = 0; c < C; c++) _mm256_storeu_ps(aj + 8 * c, a[c]);
     }
   }
-  for (int64_t j = 0; j < h.M; j++) {
-    const __m256 inv = _mm256_set1_ps(l[j] > 0.f ? 1.f / l[j] : 0.f);  // a fully masked row gives zeros
-    for (int c = 0; c < C; c++) _mm256_storeu_ps(h.out + j * D + 8 * c, _mm256_mul_ps(acc[j * C + c], inv));
+}
+
+void attend_range_d(int64_t D, const Head& h, int64_t begin, int64_t end, float* m, float* l, float* acc) {
+  switch (D) {
+    case 32: return attend_range<4>(h, begin, end, m, l, acc);
+    case 64: return attend_range<8>(h, begin, end, m, l, acc);
+    case 128: return attend_range<16>(h, begin, end, m, l, acc);
+    case 256: return attend_range<32>(h, begin, end, m, l, acc);
+    default: TORCH_CHECK(false, "decode_attention: head_dim ", D, " is not one of 32, 64, 128, 256");
+  }
+}
+
+// The states of S key ranges of one (batch, head), each laid out as m (M), l (M), acc (M x D),
+// merged into out (M x D): each range's sums are rescaled to the overall maximum.
+void merge(const float* states, int64_t S, int64_t M, int64_t D, float* out) {
+  const int64_t stride = M * (2 + D);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < M; j++) {
+    float mx = ninf;
+    for (int64_t s = 0; s < S; s++) mx = std::max(mx, states[s * stride + j]);
+    float l = 0.f;
+    float* o = out + j * D;
+    std::fill(o, o + D, 0.f);
+    if (mx == ninf) continue;  // a fully masked row gives zeros
+    for (int64_t s = 0; s < S; s++) {
+      const float* st = states + s * stride;
+      const float w = std::exp(st[j] - mx);  // 0 for a range with every key masked
+      l += w * st[M + j];
+      const float* a = st + 2 * M + j * D;
+      for (int64_t d = 0; d < D; d++) o[d] += w * a[d];
+    }
+    const float inv = 1.f / l;
+    for (int64_t d = 0; d < D; d++) o[d] *= inv;
   }
 }
 
@@ -189,20 +224,29 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const a
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  // With fewer (batch, head) pairs than threads, the keys are split into ranges of whole blocks (at
+  // least MIN_SPLIT_BLOCKS each) that threads work through apart, then merged (flash decoding).
+  const int64_t pairs = B * H, blocks = (T + BT - 1) / BT, threads = at::get_num_threads();
+  int64_t splits = pairs >= threads ? 1 : std::min((threads + pairs - 1) / pairs, blocks / MIN_SPLIT_BLOCKS);
+  splits = std::max<int64_t>(splits, 1);
+  const int64_t span = (blocks + splits - 1) / splits * BT;  // keys per range
+  splits = std::max<int64_t>((T + span - 1) / span, 1);
+  const int64_t stride = M * (2 + D);
+  std::vector<float> states(pairs * splits * stride);
+  at::parallel_for(0, pairs * splits, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
-      const int64_t b = i / H, hh = i % H;
-      Head h{qp + i * M * D, kp + b * k.stride(0) + hh * k.stride(1), vp + b * v.stride(0) + hh * v.stride(1),
-             mp ? mp + b * mb : nullptr, k.stride(2), v.stride(2), ms, M, T, static_cast<float>(scale),
-             op + i * M * D};
-      switch (D) {
-        case 32: attend_head<4>(h); break;
-        case 64: attend_head<8>(h); break;
-        case 128: attend_head<16>(h); break;
-        case 256: attend_head<32>(h); break;
-        default: TORCH_CHECK(false, "decode_attention: head_dim ", D, " is not one of 32, 64, 128, 256");
-      }
+      const int64_t pair = i / splits, range = i % splits, b = pair / H, hh = pair % H;
+      Head h{qp + pair * M * D, kp + b * k.stride(0) + hh * k.stride(1), vp + b * v.stride(0) + hh * v.stride(1),
+             mp ? mp + b * mb : nullptr, k.stride(2), v.stride(2), ms, M, T, static_cast<float>(scale)};
+      float* st = states.data() + i * stride;
+      std::fill(st, st + M, -std::numeric_limits<float>::infinity());
+      std::fill(st + M, st + stride, 0.f);
+      attend_range_d(D, h, range * span, std::min(T, (range + 1) * span), st, st + M, st + 2 * M);
     }
+  });
+  at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t pair = begin; pair < end; pair++)
+      merge(states.data() + pair * splits * stride, splits, M, D, op + pair * M * D);
   });
   return out;
 }
