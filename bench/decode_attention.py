@@ -6,7 +6,8 @@ cache of T positions, for the head layout of bench/decode_context.py's models (2
 and of Nemotron-H-8B (8 KV heads of 128). Each cell reports the median of ``--repeats`` calls and
 the rate at which the call gets through the cache's keys and values (GB/s). A second sweep varies
 the query rows per KV head (a speculative block of n tokens has 4n) up to the kernel's
-``MAX_ROWS``, past which ``attend`` hands over to SDPA.
+``MAX_ROWS``, past which ``attend`` hands over to SDPA, and a third the caches of a bf16 / fp16
+model (the kernel widens them to float32 as it loads them).
 
     python bench/decode_attention.py            # -> results/decode_attention.json
     python bench/decode_attention.py --quick    # T = 1k / 4k, to check the script
@@ -40,16 +41,20 @@ def median_ms(fn, args: tuple, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def measure(layout: str, kv_heads: int, head_dim: int, batch: int, rows: int, ctx: int, repeats: int) -> dict:
+def measure(layout: str, kv_heads: int, head_dim: int, batch: int, rows: int, ctx: int, repeats: int,
+            dtype: torch.dtype = torch.float32) -> dict:
     torch.manual_seed(0)
-    q = torch.randn(batch, kv_heads, rows, head_dim)
-    k, v = (torch.randn(batch, kv_heads, ctx, head_dim) for _ in range(2))
+    q = torch.randn(batch, kv_heads, rows, head_dim, dtype=dtype)
+    k, v = (torch.randn(batch, kv_heads, ctx, head_dim, dtype=dtype) for _ in range(2))
     sdpa = median_ms(F.scaled_dot_product_attention, (q, k, v), repeats)
     ours = median_ms(decode_attention.attend, (q, k, v), repeats)
-    gb = 2 * k.numel() * 4 / 1e9
-    row = {"layout": layout, "batch": batch, "rows": rows, "context": ctx, "sdpa_ms": sdpa, "kernel_ms": ours,
-           "speedup": sdpa / ours, "sdpa_gb_per_s": gb / sdpa * 1e3, "kernel_gb_per_s": gb / ours * 1e3}
-    print(f"{layout:<24} b={batch} rows={rows:>3} T={ctx:>6}  sdpa {sdpa:8.3f} ms ({row['sdpa_gb_per_s']:5.1f} GB/s)  "
+    gb = 2 * k.numel() * k.element_size() / 1e9
+    name = str(dtype).removeprefix("torch.")
+    row = {"layout": layout, "dtype": name, "batch": batch, "rows": rows, "context": ctx,
+           "sdpa_ms": sdpa, "kernel_ms": ours, "speedup": sdpa / ours,
+           "sdpa_gb_per_s": gb / sdpa * 1e3, "kernel_gb_per_s": gb / ours * 1e3}
+    print(f"{layout:<24} {name:<8} b={batch} rows={rows:>3} T={ctx:>6}  "
+          f"sdpa {sdpa:8.3f} ms ({row['sdpa_gb_per_s']:5.1f} GB/s)  "
           f"kernel {ours:8.3f} ms ({row['kernel_gb_per_s']:5.1f} GB/s)  {row['speedup']:.2f}x", flush=True)
     return row
 
@@ -75,6 +80,9 @@ def main() -> None:
     layout, (kv_heads, head_dim) = next(iter(LAYOUTS.items()))
     for n_rows in (16, 32, 64, decode_attention.MAX_ROWS):
         results.append(measure(layout, kv_heads, head_dim, 1, n_rows, contexts[1], a.repeats))
+    for dtype in (torch.bfloat16, torch.float16):
+        for ctx in contexts:
+            results.append(measure(layout, kv_heads, head_dim, 1, GROUP, ctx, a.repeats, dtype))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"group": GROUP, "threads": a.threads, "repeats": a.repeats, "torch": torch.__version__}

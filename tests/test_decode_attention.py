@@ -40,6 +40,25 @@ def test_attend_matches_sdpa(b, h, m, t, d, masking):
         assert da.uses_kernel(q, k, v)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_caches(dtype):
+    """A bf16 / fp16 model's caches: read as they are, computed in float32, returned in the dtype;
+    within one rounding of the float64 reference on the same (rounded) operands."""
+    g = torch.Generator().manual_seed(3)
+    q = (2 * torch.randn(2, 2, 5, 128, generator=g)).to(dtype)
+    k = torch.randn(2, 2, 300, 128, generator=g).to(dtype)[:, :, :290]
+    v = torch.randn(2, 2, 300, 128, generator=g).to(dtype)[:, :, :290]
+    mask = torch.rand(2, 1, 5, 290, generator=g) > 0.3
+    mask[..., 0] = True
+    ours = da.attend(q, k, v, mask)
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
+    assert ours.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(ours.double(), ref, atol=eps, rtol=eps)
+    if X86:
+        assert da.uses_kernel(q, k, v)
+
+
 def test_masked_keys_get_no_weight():
     """A masked key with a huge score must not leak into the output."""
     q = torch.ones(1, 1, 2, 64)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 SOURCE = Path(__file__).with_name("csrc") / "decode_attention.cpp"
 HEAD_DIMS = (32, 64, 128, 256)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # of q, k and v alike; the arithmetic is float32
 MAX_ROWS = 128
 """Query rows per (batch, KV head) up to which the kernel is used: the query heads of a group times
 the tokens of a decode step, a speculative block or a static prefill chunk. Wider prompt chunks
@@ -53,7 +54,7 @@ def _load() -> bool:
     except Exception as e:  # any build failure means: use SDPA, and say why
         warnings.warn(f"chimera: the C++ decode-attention kernel could not be built ({str(e)[-400:]}); "
                       "decoding uses torch's scaled_dot_product_attention instead (slower on long contexts). "
-                      "It needs ninja (pip install ninja), a C++ compiler and a CPU with AVX2 and FMA; "
+                      "It needs ninja (pip install ninja), a C++ compiler and a CPU with AVX2, FMA and F16C; "
                       "CHIMERA_DECODE_KERNEL=0 skips it without this warning.", stacklevel=3)
         return False
     return True
@@ -68,7 +69,7 @@ def uses_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     ok = _built.get("ok")
     if ok is None and not torch.compiler.is_compiling():
         ok = build()
-    return bool(ok) and q.is_cpu and q.dtype == k.dtype == v.dtype == torch.float32 and q.size(-1) in HEAD_DIMS \
+    return bool(ok) and q.is_cpu and q.dtype == k.dtype == v.dtype and q.dtype in DTYPES and q.size(-1) in HEAD_DIMS \
         and q.size(-2) <= MAX_ROWS and k.stride(-1) == 1 and v.stride(-1) == 1 \
         and not (q.requires_grad or k.requires_grad or v.requires_grad)
 

@@ -22,8 +22,8 @@
 #include <limits>
 #include <vector>
 
-#if !defined(__AVX2__) || !defined(__FMA__)
-#error "chimera decode attention needs a CPU with AVX2 and FMA"
+#if !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "chimera decode attention needs a CPU with AVX2, FMA and F16C"
 #endif
 #include <immintrin.h>
 
@@ -94,43 +94,55 @@ inline float exp_shifted(float* s, int n, float mx) {
   return sum;
 }
 
+// Keys and values are float32, bfloat16 or float16 (a model's own dtype); each is widened to float32
+// as it is loaded, and everything after that is float32.
+using bf16 = at::BFloat16;
+using f16 = at::Half;
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const bf16* p) {  // bf16 is the top half of a float32
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16));
+}
+inline __m256 load8(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
+template <typename E>
 struct Head {
   const float* q;      // (M, D), contiguous
-  const float* k;      // T rows of D at stride ks
-  const float* v;      // T rows of D at stride vs
+  const E* k;          // T rows of D at stride ks
+  const E* v;          // T rows of D at stride vs
   const bool* mask;    // (M, T) at row stride ms, or nullptr: true = may attend
   int64_t ks, vs, ms, M, T;
   float scale;
 };
 
 // scores of query row qr against keys t0 .. t0 + n of the block, into s[0 .. n)
-template <int C>
-inline void scores(const float* qr, const float* k, int64_t ks, int64_t t0, int n, float scale, float* s) {
+template <int C, typename E>
+inline void scores(const float* qr, const E* k, int64_t ks, int64_t t0, int n, float scale, float* s) {
   constexpr int D = 8 * C;
   const __m256 sc = _mm256_set1_ps(scale);
   int t = 0;
   for (; t + 8 <= n; t += 8) {
     __m256 acc[8];
     for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();
-    const float* kb = k + (t0 + t) * ks;
+    const E* kb = k + (t0 + t) * ks;
     for (int c = 0; c < C; c++) {
       const __m256 qv = _mm256_loadu_ps(qr + 8 * c);
-      for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(kb + u * ks + 8 * c), qv, acc[u]);
+      for (int u = 0; u < 8; u++) acc[u] = _mm256_fmadd_ps(load8(kb + u * ks + 8 * c), qv, acc[u]);
     }
     _mm256_storeu_ps(s + t, _mm256_mul_ps(sum8(acc), sc));
   }
   for (; t < n; t++) {
-    const float* kr = k + (t0 + t) * ks;
+    const E* kr = k + (t0 + t) * ks;
     float x = 0.f;
-    for (int d = 0; d < D; d++) x += kr[d] * qr[d];
+    for (int d = 0; d < D; d++) x += static_cast<float>(kr[d]) * qr[d];
     s[t] = x * scale;
   }
 }
 
 // Softmax state of the M rows over keys [begin, end): running maximum m, sum l and unnormalised
 // output acc (M x D); start from m = -inf, l = 0, acc = 0.
-template <int C>
-void attend_range(const Head& h, int64_t begin, int64_t end, float* m, float* l, float* acc) {
+template <int C, typename E>
+void attend_range(const Head<E>& h, int64_t begin, int64_t end, float* m, float* l, float* acc) {
   constexpr int D = 8 * C;
   const float ninf = -std::numeric_limits<float>::infinity();
   std::vector<float> s(h.M * BT);
@@ -153,21 +165,22 @@ void attend_range(const Head& h, int64_t begin, int64_t end, float* m, float* l,
       const __m256 r = _mm256_set1_ps(rescale);
       for (int c = 0; c < C; c++) a[c] = _mm256_mul_ps(_mm256_loadu_ps(aj + 8 * c), r);
       for (int t = 0; t < n; t++) {
-        const float* vr = h.v + (t0 + t) * h.vs;
+        const E* vr = h.v + (t0 + t) * h.vs;
         const __m256 p = _mm256_set1_ps(sj[t]);
-        for (int c = 0; c < C; c++) a[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * c), a[c]);
+        for (int c = 0; c < C; c++) a[c] = _mm256_fmadd_ps(p, load8(vr + 8 * c), a[c]);
       }
       for (int c = 0; c < C; c++) _mm256_storeu_ps(aj + 8 * c, a[c]);
     }
   }
 }
 
-void attend_range_d(int64_t D, const Head& h, int64_t begin, int64_t end, float* m, float* l, float* acc) {
+template <typename E>
+void attend_range_d(int64_t D, const Head<E>& h, int64_t begin, int64_t end, float* m, float* l, float* acc) {
   switch (D) {
-    case 32: return attend_range<4>(h, begin, end, m, l, acc);
-    case 64: return attend_range<8>(h, begin, end, m, l, acc);
-    case 128: return attend_range<16>(h, begin, end, m, l, acc);
-    case 256: return attend_range<32>(h, begin, end, m, l, acc);
+    case 32: return attend_range<4, E>(h, begin, end, m, l, acc);
+    case 64: return attend_range<8, E>(h, begin, end, m, l, acc);
+    case 128: return attend_range<16, E>(h, begin, end, m, l, acc);
+    case 256: return attend_range<32, E>(h, begin, end, m, l, acc);
     default: TORCH_CHECK(false, "decode_attention: head_dim ", D, " is not one of 32, 64, 128, 256");
   }
 }
@@ -196,33 +209,14 @@ void merge(const float* states, int64_t S, int64_t M, int64_t D, float* out) {
   }
 }
 
-// q (b, h, M, D); k, v (b, h, T, D) with unit stride in D; mask (b, M, T) bool with unit stride in T
-// (the same for every head), or none. Returns (b, h, M, D).
-at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v,
-                            const std::optional<at::Tensor>& mask, double scale) {
-  TORCH_CHECK(q_in.dim() == 4 && k.dim() == 4 && v.dim() == 4, "decode_attention: q, k, v must be 4-d");
-  TORCH_CHECK(q_in.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
-              "decode_attention: float32 only");
-  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "decode_attention: keys and values need unit stride in D");
-  TORCH_CHECK(k.sizes() == v.sizes() && q_in.size(0) == k.size(0) && q_in.size(1) == k.size(1) &&
-              q_in.size(3) == k.size(3), "decode_attention: shapes of q ", q_in.sizes(), ", k ", k.sizes(),
-              ", v ", v.sizes(), " do not match");
-  const at::Tensor q = q_in.contiguous();
+// out (b, h, M, D) float32 = attention of q (float32, contiguous) over k, v of element type E.
+template <typename E>
+void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const bool* mp, int64_t mb, int64_t ms,
+         float scale, at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), M = q.size(2), D = q.size(3), T = k.size(2);
-  const bool* mp = nullptr;
-  int64_t mb = 0, ms = 0;
-  if (mask) {
-    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 3 && mask->size(0) == B && mask->size(1) == M &&
-                mask->size(2) == T && mask->stride(2) == 1, "decode_attention: mask must be bool (b, M, T) with unit "
-                "stride in T, got ", mask->sizes());
-    mp = mask->data_ptr<bool>();
-    mb = mask->stride(0);
-    ms = mask->stride(1);
-  }
-  at::Tensor out = at::empty({B, H, M, D}, q.options());
   const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
+  const E* kp = k.data_ptr<E>();
+  const E* vp = v.data_ptr<E>();
   float* op = out.data_ptr<float>();
   // With fewer (batch, head) pairs than threads, the keys are split into ranges of whole blocks (at
   // least MIN_SPLIT_BLOCKS each) that threads work through apart, then merged (flash decoding).
@@ -236,8 +230,8 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const a
   at::parallel_for(0, pairs * splits, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
       const int64_t pair = i / splits, range = i % splits, b = pair / H, hh = pair % H;
-      Head h{qp + pair * M * D, kp + b * k.stride(0) + hh * k.stride(1), vp + b * v.stride(0) + hh * v.stride(1),
-             mp ? mp + b * mb : nullptr, k.stride(2), v.stride(2), ms, M, T, static_cast<float>(scale)};
+      Head<E> h{qp + pair * M * D, kp + b * k.stride(0) + hh * k.stride(1), vp + b * v.stride(0) + hh * v.stride(1),
+                mp ? mp + b * mb : nullptr, k.stride(2), v.stride(2), ms, M, T, scale};
       float* st = states.data() + i * stride;
       std::fill(st, st + M, -std::numeric_limits<float>::infinity());
       std::fill(st + M, st + stride, 0.f);
@@ -248,7 +242,40 @@ at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const a
     for (int64_t pair = begin; pair < end; pair++)
       merge(states.data() + pair * splits * stride, splits, M, D, op + pair * M * D);
   });
-  return out;
+}
+
+// q (b, h, M, D); k, v (b, h, T, D) with unit stride in D; mask (b, M, T) bool with unit stride in T
+// (the same for every head), or none. q, k, v share one dtype: float32, bfloat16 or float16; the
+// arithmetic is float32. Returns (b, h, M, D) in that dtype.
+at::Tensor decode_attention(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& mask, double scale) {
+  TORCH_CHECK(q_in.dim() == 4 && k.dim() == 4 && v.dim() == 4, "decode_attention: q, k, v must be 4-d");
+  const auto dtype = k.scalar_type();
+  TORCH_CHECK((dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf) && q_in.scalar_type() == dtype &&
+              v.scalar_type() == dtype, "decode_attention: q, k, v must share one dtype of float32, bfloat16, "
+              "float16; got ", q_in.scalar_type(), ", ", dtype, ", ", v.scalar_type());
+  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "decode_attention: keys and values need unit stride in D");
+  TORCH_CHECK(k.sizes() == v.sizes() && q_in.size(0) == k.size(0) && q_in.size(1) == k.size(1) &&
+              q_in.size(3) == k.size(3), "decode_attention: shapes of q ", q_in.sizes(), ", k ", k.sizes(),
+              ", v ", v.sizes(), " do not match");
+  const at::Tensor q = q_in.to(at::kFloat).contiguous();
+  const int64_t B = q.size(0), M = q.size(2), T = k.size(2);
+  const bool* mp = nullptr;
+  int64_t mb = 0, ms = 0;
+  if (mask) {
+    TORCH_CHECK(mask->scalar_type() == at::kBool && mask->dim() == 3 && mask->size(0) == B && mask->size(1) == M &&
+                mask->size(2) == T && mask->stride(2) == 1, "decode_attention: mask must be bool (b, M, T) with unit "
+                "stride in T, got ", mask->sizes());
+    mp = mask->data_ptr<bool>();
+    mb = mask->stride(0);
+    ms = mask->stride(1);
+  }
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  const float sc = static_cast<float>(scale);
+  if (dtype == at::kFloat) run<float>(q, k, v, mp, mb, ms, sc, out);
+  else if (dtype == at::kBFloat16) run<bf16>(q, k, v, mp, mb, ms, sc, out);
+  else run<f16>(q, k, v, mp, mb, ms, sc, out);
+  return out.to(dtype);
 }
 
 }  // namespace
