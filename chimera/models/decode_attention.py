@@ -5,7 +5,7 @@ AVX2 it runs the C++ kernel in ``csrc/decode_attention.cpp`` (registered as
 ``torch.ops.chimera.decode_attention``, so compiled graphs call it too), which reads each key and
 value once per step; bench/decode_attention.py measures it against SDPA, and
 tests/test_decode_attention.py holds the two equal to float rounding. The kernel is built with
-``torch.utils.cpp_extension`` on first use (ninja and a C++ compiler; about a minute, then cached under
+``torch.utils.cpp_extension`` on first use (ninja and a C++ compiler; about 20 s, then cached under
 ``~/.cache/torch_extensions``). Where it cannot be built, one warning says why and SDPA is used.
 ``CHIMERA_DECODE_KERNEL=0`` turns it off.
 """

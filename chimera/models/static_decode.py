@@ -28,7 +28,6 @@ from torch import nn
 
 from chimera.models import decode_attention
 from chimera.models.cache import HybridCache, KVState, MambaState
-from chimera.models.decode_attention import attend
 from chimera.models.hybrid import HybridLM
 from chimera.models.ssd import ssd_recurrent
 
@@ -121,7 +120,7 @@ def attention_tokens(attn, h: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Te
     key = torch.arange(k_buf.size(2), device=h.device)
     block = (key[None, :] >= pos[0]) & (key[None, :] <= pos[:, None])  # (n, capacity)
     mask = (pending.valid[:, None, :] | block).repeat(1, g, 1)  # (b, g * n, capacity)
-    y = attend(q, k_buf, v_buf, mask[:, None])  # (b, nkv, g * n, hd)
+    y = decode_attention.attend(q, k_buf, v_buf, mask[:, None])  # (b, nkv, g * n, hd)
     y = y.view(b, attn.nkv, g, n, attn.hd).permute(0, 3, 1, 2, 4).reshape(b, n, attn.nh * attn.hd)
     return attn.o_proj(y)
 
