@@ -201,17 +201,16 @@ def goal_tradeoff(hybrid: tuple[float, float], transformer: tuple[float, float],
 def cost_model(by: dict, contexts: list[int]) -> dict:
     """Per run, the least-squares line through its step times, and for each hybrid / Transformer pair
     the trade-off between the two goals that the lines imply (``goal_tradeoff``)."""
-    fits = {}
+    lines = {}
     for model in sorted({m for m, _ in by}):
         points = [(c, by[(model, c)]["ms_per_step"]) for c in contexts if (model, c) in by]
         if len(points) >= 2:
-            fixed, per_token = line_fit(points)
-            fits[model] = {"fixed_ms": fixed, "ms_per_1k_context": 1024 * per_token, "_line": (fixed, per_token)}
-    out = {"step_time_fit": {m: {k: v for k, v in f.items() if k != "_line"} for m, f in fits.items()}}
+            lines[model] = line_fit(points)
+    out = {"step_time_fit": {m: {"fixed_ms": a, "ms_per_1k_context": 1024 * b} for m, (a, b) in lines.items()}}
     for suffix in ("", "-compiled"):
-        h, t = fits.get("hybrid" + suffix), fits.get("transformer" + suffix)
+        h, t = lines.get("hybrid" + suffix), lines.get("transformer" + suffix)
         if h and t and contexts[-1] >= 16384:
-            out["tradeoff" + suffix.replace("-", "_")] = goal_tradeoff(h["_line"], t["_line"], contexts)
+            out["tradeoff" + suffix.replace("-", "_")] = goal_tradeoff(h, t, contexts)
     return out
 
 
