@@ -38,7 +38,8 @@ class GenerateArgs:
     answer_budget: int = -1
     """With --thinking-budget: tokens allowed after </think> (-1: up to --max-new-tokens)."""
     speculative: bool = False
-    """Greedy self-speculative decoding with the checkpoint's MTP layers (prints acceptance and speed)."""
+    """Self-speculative decoding with the checkpoint's MTP layers, greedy or sampled as --temperature / --top-k /
+    --top-p say (speculative sampling: the same distribution as without); prints acceptance and speed."""
     compile: bool = False
     """Decode on the fast path: static caches and a torch.compile'd step, or with --speculative one compiled
     graph per round (the first run compiles, 1-2 min; later runs reuse PyTorch's on-disk cache)."""
@@ -237,13 +238,22 @@ def cmd_generate(argv: list[str]) -> int:
     torch.manual_seed(args.seed)
     stops = (tok.eos_id,) if args.chat else ()
     prompt = tok.encode(text)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, stop_tokens=stops, seed=args.seed)
+    try:
+        sampler = sampling.sampler()
+    except ValueError as e:
+        raise ConfigError(f"{e}: check --temperature, --top-k and --top-p") from None
     if args.speculative:
         from chimera.speculative import speculative_generate
 
         if not model.config.mtp_depths:
             raise ConfigError(f"{args.checkpoint} has no MTP layers (num_nextn_predict_layers=0); "
                               f"drop --speculative or train with an MTP pattern such as 'MEM*ME/*E/*E'")
-        out, stats = speculative_generate(model, prompt, args.max_new_tokens, stops, compile=args.compile)
+        if args.thinking_budget >= 0:
+            raise ConfigError("--thinking-budget is not implemented for --speculative decoding; drop one of them")
+        out, stats = speculative_generate(model, prompt, args.max_new_tokens, stops, compile=args.compile,
+                                          sampler=sampler, seed=args.seed)
         print(tok.decode(out, skip_special=not args.show_special))
         print(f"[speculative: {stats.rounds} rounds, acceptance {stats.acceptance_rate:.2f}, "
               f"{len(out) / stats.seconds:.1f} tok/s{' including compilation' if args.compile else ''}]",
@@ -254,8 +264,6 @@ def cmd_generate(argv: list[str]) -> int:
         budget = ThinkingBudget(args.thinking_budget, tok.token_id("<think>"), tok.token_id("</think>"),
                                 tok.newline_ids,
                                 max_answer_tokens=args.answer_budget if args.answer_budget >= 0 else None)
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, stop_tokens=stops, seed=args.seed)
     out = generate(model, [prompt], sampling, pad_id=tok.pad_id, budget=budget, compile=args.compile)[0]
     prefix = "<think>" if args.chat and args.thinking and args.show_special else ""
     print(prefix + tok.decode(out, skip_special=not args.show_special))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from chimera.models.cache import HybridCache
+from chimera.models.sampling import Sampler
 
 
 @dataclass
@@ -24,6 +25,10 @@ class SamplingConfig:
     stop_tokens: tuple[int, ...] = ()
     """A sequence ends after emitting one of these."""
     seed: int | None = None
+
+    def sampler(self) -> Sampler:
+        """How each token is chosen (validates temperature, top_k and top_p)."""
+        return Sampler(self.temperature, self.top_k, self.top_p)
 
 
 @dataclass
@@ -93,21 +98,10 @@ def _open_think(prompt: Sequence[int], start_id: int, end_id: int) -> bool:
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (b, vocab) -> next token ids (b,)."""
-    if cfg.temperature <= 0:
+    sampler = cfg.sampler()
+    if sampler.greedy:
         return logits.argmax(-1)
-    logits = logits.float() / cfg.temperature
-    if cfg.top_k > 0:
-        kth = logits.topk(min(cfg.top_k, logits.size(-1)), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the mass before it already reaches top_p (the top token always stays)
-        drop = probs.cumsum(-1) - probs >= cfg.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.multinomial(sampler.probs(logits), 1, generator=generator).squeeze(-1)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,6 +139,7 @@ def generate(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None
     (up to and including its stop token). ``budget`` limits the thinking segment. ``compile``
     decodes on the fast path (``chimera.models.static_decode``: static caches, compiled step)."""
     cfg = cfg or SamplingConfig()
+    cfg.sampler()  # a bad temperature / top_k / top_p fails here, before any work
     device = model.lm_head.weight.device
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)

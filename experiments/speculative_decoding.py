@@ -13,9 +13,17 @@ phase alone: each timed pass is followed by a pass of the same method over the s
 the first token (its prefill, plus for speculative decoding the MTP depths' prefill and first
 drafts), and that time is subtracted.
 
+With ``--temperature T`` (and ``--top-k`` / ``--top-p``) both methods sample: plain decoding with
+``generate``, speculative decoding by speculative sampling (the drafts are drawn from the MTP
+depths' distributions and kept or corrected so that every token follows the main model's). Each
+prompt has its own seed, the same in every repeat, so a method's outputs and token count do not
+change between repeats; the two methods draw different samples, so each one's tokens/s is over
+its own tokens. Every method's answers are checked by the tasks' verifiers (``accuracy``).
+
     python experiments/speculative_decoding.py                 # tiny-mtp-deep, 2400 steps: ~25 min on 2 cores
     python experiments/speculative_decoding.py --steps 100     # a quick check
-Writes results/speculative_decoding.json.
+    python experiments/speculative_decoding.py --model-dir runs/<run>/model --temperature 1.0
+Writes results/speculative_decoding.json (greedy) or results/speculative_decoding_t<T>.json.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from chimera.data.batching import TaskBatcher, prompt_tokens
+from chimera.data.batching import TaskBatcher, parse_answer, prompt_tokens
+from chimera.data.synthetic import make_task
 from chimera.generate import SamplingConfig, generate
 from chimera.models import HybridLM
 from chimera.speculative import speculative_generate
@@ -51,8 +60,15 @@ def main() -> None:
                     help="timed runs of each method on each prompt, alternating; each prompt's best counts")
     ap.add_argument("--skip-compiled", action="store_true",
                     help="leave out the compiled fast path (plain and speculative)")
-    ap.add_argument("--out", default=str(ROOT / "results" / "speculative_decoding.json"))
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else both methods sample")
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--out", default="", help="default: results/speculative_decoding[_t<T>].json")
     a = ap.parse_args()
+    sampling = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
+    sampler = sampling.sampler()
+    out_path = Path(a.out or ROOT / "results" / ("speculative_decoding.json" if sampler.greedy else
+                                                 f"speculative_decoding_t{a.temperature:g}.json"))
     torch.set_num_threads(a.train_threads)
     if a.model_dir:
         model_dir = Path(a.model_dir)
@@ -66,62 +82,70 @@ def main() -> None:
     model = HybridLM.from_pretrained(model_dir)
     batcher = TaskBatcher(("add", "sort"), 96, 1, seed=0)
     tok = batcher.tok
-    prompts = [prompt_tokens(tok, ex.prompt) for _, ex in batcher.held_out(a.prompts)]
+    held_out = batcher.held_out(a.prompts)
+    prompts = [prompt_tokens(tok, ex.prompt) for _, ex in held_out]
     new = 64
     torch.set_num_threads(a.threads)
 
     stats: dict[str, list] = {}
 
-    def run(name: str, p: list[int], max_new: int, record: bool = False) -> list[int]:
+    def run(name: str, i: int, max_new: int, record: bool = False) -> list[int]:
+        """Prompt i by one method; prompt i's seed is i."""
         if name.startswith("speculative"):
-            out, st = speculative_generate(model, p, max_new, (tok.eos_id,), compile=name.endswith("compiled"))
+            out, st = speculative_generate(model, prompts[i], max_new, (tok.eos_id,), compile=name.endswith("compiled"),
+                                           sampler=sampler, seed=i)
             if record:
                 stats.setdefault(name, []).append(st)
             return out
-        cfg = SamplingConfig(max_new_tokens=max_new, stop_tokens=(tok.eos_id,))
-        return generate(model, [p], cfg, compile=name.endswith("compiled"))[0]
+        cfg = SamplingConfig(max_new, a.temperature, a.top_k, a.top_p, stop_tokens=(tok.eos_id,), seed=i)
+        return generate(model, [prompts[i]], cfg, compile=name.endswith("compiled"))[0]
 
     names = ["plain", "speculative"] + ([] if a.skip_compiled else ["plain_compiled", "speculative_compiled"])
     # warm-up (allocations, compiling the fast path) and the outputs compared
-    outputs = {name: [run(name, p, new, record=True) for p in prompts] for name in names}
+    outputs = {name: [run(name, i, new, record=True) for i in range(len(prompts))] for name in names}
     # per prompt, the methods in turn, each run in full and up to its first token (its prefill);
     # each prompt's best time over the repeats counts, which keeps a noisy machine's pauses out
     best = {(name, full): [float("inf")] * len(prompts) for name in names for full in (True, False)}
     for _ in range(a.repeats):
-        for i, p in enumerate(prompts):
+        for i in range(len(prompts)):
             for name in names:
                 for full in (True, False):
                     t0 = time.perf_counter()
-                    run(name, p, new if full else 1)
+                    run(name, i, new if full else 1)
                     best[name, full][i] = min(best[name, full][i], time.perf_counter() - t0)
     seconds = {name: sum(best[name, True]) for name in names}
     prefill = {name: sum(best[name, False]) for name in names}
-    n_tokens = sum(len(o) for o in outputs["plain"])
-    rate = {name: n_tokens / seconds[name] for name in names}
-    decode_rate = {name: (n_tokens - len(prompts)) / (seconds[name] - prefill[name]) for name in names}
+    n_tokens = {name: sum(len(o) for o in outputs[name]) for name in names}
+    rate = {name: n_tokens[name] / seconds[name] for name in names}
+    decode_rate = {name: (n_tokens[name] - len(prompts)) / (seconds[name] - prefill[name]) for name in names}
+    accuracy = {name: sum(make_task(task).verify(ex.prompt, parse_answer(tok.decode(out)))
+                          for (task, ex), out in zip(held_out, outputs[name])) / len(prompts) for name in names}
 
     def acceptance(name: str) -> float:
         return sum(st.accepted for st in stats[name]) / max(1, sum(st.drafted for st in stats[name]))
 
     result = {
         "model": str(model_dir), "pattern": model.config.full_pattern, "prompts": len(prompts),
-        "tokens": n_tokens, "threads": a.threads, "repeats": a.repeats, "seconds": seconds,
+        "sampling": {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p},
+        "tokens": n_tokens, "accuracy": accuracy, "threads": a.threads, "repeats": a.repeats, "seconds": seconds,
         "prefill_seconds": prefill, "tokens_per_s": rate, "decode_tokens_per_s": decode_rate,
         "plain_tokens_per_s": rate["plain"], "speculative_tokens_per_s": rate["speculative"],
         "speedup": rate["speculative"] / rate["plain"],
         "decode_speedup": decode_rate["speculative"] / decode_rate["plain"],
         "acceptance_rate": acceptance("speculative"),
-        "identical_outputs": outputs["speculative"] == outputs["plain"],
+        # greedy: the same tokens; sampled, the two methods draw different samples (None)
+        "identical_outputs": outputs["speculative"] == outputs["plain"] if sampler.greedy else None,
         **({} if a.skip_compiled else {
             "compiled_speedup": rate["speculative_compiled"] / rate["plain_compiled"],
             "compiled_decode_speedup": decode_rate["speculative_compiled"] / decode_rate["plain_compiled"],
             "compiled_acceptance_rate": acceptance("speculative_compiled"),
+            # each method's compiled path drew the same tokens as its plain path
             "compiled_identical_outputs": outputs["plain_compiled"] == outputs["plain"]
-            == outputs["speculative_compiled"]}),
+            and outputs["speculative_compiled"] == outputs["speculative"]}),
         "example": tok.decode(prompts[0]) + tok.decode(outputs["speculative"][0]),
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

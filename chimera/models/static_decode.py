@@ -20,7 +20,7 @@ the eager and the compiled static paths to it.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 
 import torch
 import torch.nn.functional as F
@@ -252,7 +252,8 @@ class Compiled:
     A decode step on a small model is as short as the checks around it, and Dynamo's guards cost
     most (up to a millisecond) on objects they have not seen, such as each generation's new
     caches. So a call runs with every guard only when its ``signature`` (the model, the grad and
-    autocast modes, every tensor's shape, stride, dtype and device, every module's identity) is new
+    autocast modes, every tensor's shape, stride, dtype and device, every module's identity, every frozen
+    dataclass's values) is new
     for this ``fn``; otherwise, and on an instance's later calls, under ``skip_guard_eval_unsafe``.
     The guards passed or recompiled for that signature, and the graph they chose depends on
     nothing the signature leaves out, so it is the graph they would choose again.
@@ -294,6 +295,8 @@ def signature(obj) -> tuple | object:
         return ("M", id(obj))
     if obj is None or isinstance(obj, (int, float, bool, str)):
         return obj
+    if is_dataclass(obj) and obj.__dataclass_params__.frozen:  # e.g. a Sampler: its values
+        return (type(obj), *(signature(getattr(obj, f.name)) for f in fields(obj)))
     raise TypeError(f"no compile signature for {type(obj).__name__}")
 
 

@@ -1,0 +1,107 @@
+"""Token distributions and the speculative accept / correct rule, as tensor code that compiles.
+
+``Sampler.probs`` turns logits into the distribution a token is drawn from: one-hot on the argmax
+when greedy, else the softmax at ``temperature`` restricted to ``top_k`` / ``top_p``. ``draw``
+takes a token from a distribution by inverse CDF at a given uniform, so a compiled graph needs
+no random number generator and the plain and static decoders draw the same tokens from the same
+uniforms.
+
+``verify`` is speculative sampling (Leviathan et al. 2023; Chen et al. 2023): draft ``d_j``,
+drawn from ``q_j``, is kept with probability ``min(1, p_j(d_j) / q_j(d_j))``; at the first
+rejection the token comes from ``norm(max(0, p_j - q_j))``, and when every draft is kept, from the
+next target row. Each emitted token then follows the target ``p`` exactly, whatever ``q`` is. With
+one-hot distributions (greedy) it keeps exactly the drafts that equal the argmax and emits the
+argmax: greedy speculative decoding is the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How a token is chosen from logits."""
+
+    temperature: float = 0.0
+    """0 means greedy."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0: all)."""
+    top_p: float = 1.0
+    """Keep the smallest set of most likely tokens whose probability reaches p."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"{self} needs temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (..., vocab) -> the float32 distribution (..., vocab) a token is drawn from."""
+        logits = logits.float()
+        if self.greedy:
+            return F.one_hot(logits.argmax(-1), logits.size(-1)).float()
+        logits = logits / self.temperature
+        if self.top_k > 0:
+            kth = logits.topk(min(self.top_k, logits.size(-1)), dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(-1)
+            # drop a token when the mass before it already reaches top_p (the top token always stays)
+            drop = probs.cumsum(-1) - probs >= self.top_p
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        return logits.softmax(-1)
+
+
+GREEDY = Sampler()
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token at uniform ``u`` in [0, 1) of each distribution: probs (..., vocab), u (...) -> (...).
+    The first token whose cumulative mass exceeds u times the total, so never one of probability 0."""
+    cdf = probs.cumsum(-1)
+    return (cdf <= u[..., None] * cdf[..., -1:]).sum(-1).clamp(max=probs.size(-1) - 1)
+
+
+def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
+           u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accept a prefix of the drafts and choose the token after it.
+
+    p (..., D+1, vocab): the target's distribution after the committed token and after each draft;
+    q (..., D, vocab): the distributions the drafts were drawn from; drafts (..., D); u (..., D+1)
+    uniforms (D acceptance tests, one for the token). Returns (a, token), both (...): the first a
+    drafts are kept and ``token`` follows them.
+    """
+    D = drafts.size(-1)
+    at = drafts[..., None]
+    keep = u[..., :D] * q.gather(-1, at)[..., 0] < p[..., :D, :].gather(-1, at)[..., 0]
+    a = keep.long().cumprod(-1).sum(-1)
+    fix = torch.cat([(p[..., :D, :] - q).clamp(min=0), p[..., D:, :]], -2)  # rows 0..D-1: after a rejection
+    row = fix.gather(-2, a[..., None, None].expand(*a.shape, 1, p.size(-1)))[..., 0, :]
+    # a rejection where p and q agree has probability 0; rounding aside, fall back to p's row
+    target = p.gather(-2, a[..., None, None].expand(*a.shape, 1, p.size(-1)))[..., 0, :]
+    row = torch.where(row.sum(-1, keepdim=True) > 0, row, target)
+    return a, draw(row, u[..., D])
+
+
+class Uniforms:
+    """The uniforms a speculative decoder draws its tokens with: from a generator seeded with ``seed``
+    (default: from torch's global generator), or zeros when greedy (the draws do not depend on them)."""
+
+    def __init__(self, sampler: Sampler, seed: int | None, device):
+        self.device = device
+        self.gen = None
+        if not sampler.greedy:
+            seed = int(torch.randint(2**62, ())) if seed is None else seed
+            self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, n: int) -> torch.Tensor:
+        if self.gen is None:
+            return torch.zeros(n, device=self.device)
+        return torch.rand(n, generator=self.gen).to(self.device)
