@@ -28,7 +28,7 @@ __all__ = ["Sampler", "SpeculativeStats", "speculative_generate"]
 @torch.no_grad()
 def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int, stop_tokens: tuple[int, ...] = (),
                          depth: int | None = None, compile: bool = False, sampler: Sampler = GREEDY,
-                       seed: int | None = None) -> tuple[list[int], SpeculativeStats]:
+                         seed: int | None = None) -> tuple[list[int], SpeculativeStats]:
     """Generate up to ``max_new_tokens`` with MTP drafts of ``depth`` tokens (default: all depths; more
     when the model shares one MTP block across depths), greedy or as ``sampler`` says; ``seed`` fixes
     the draws (default: from torch's global generator).

@@ -73,6 +73,23 @@ def test_generate_with_thinking_budget_and_speculative_refusal(tmp_path, capsys)
     assert out.startswith("<think>") and "</think>" in out  # the budget closed the thinking segment
     assert main(["generate", str(tmp_path / "m"), "--speculative"]) == 2
     assert "has no MTP layers" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "m"), "--temperature", "-1"]) == 2
+    assert "check --temperature" in capsys.readouterr().err
+
+
+def test_generate_speculative_sampling(tmp_path, capsys):
+    from chimera.models import HybridLM, get_config
+
+    HybridLM(get_config("tiny-mtp")).save_pretrained(tmp_path / "m")
+    args = ["generate", str(tmp_path / "m"), "--prompt", "hi", "--max-new-tokens", "12", "--speculative",
+            "--temperature", "0.9", "--top-p", "0.95", "--seed", "3", "--no-chat"]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    assert "[speculative:" in first.err and "acceptance" in first.err
+    assert main(args) == 0
+    assert capsys.readouterr().out == first.out  # the seed fixes the draws
+    assert main([*args, "--thinking-budget", "4"]) == 2
+    assert "not implemented for --speculative" in capsys.readouterr().err
 
 
 def test_tensorboard_logging_is_optional(tmp_path):
