@@ -51,7 +51,7 @@ def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int
     main = model.new_cache(1, kv_capacity=capacity)
     out = model(torch.tensor([prompt], device=device), cache=main, logits_to_keep=1)
     u = uniforms(D + 1)  # the same draws, in the same order, as the static path's
-    seq, u_draft = [*prompt, int(draw(sampler.probs(out.logits[0, -1]), u[0]))], u[1:]
+    seq, u_draft = [*prompt, _pick(sampler, out.logits[0, -1], u[0])[0]], u[1:]
     # h[k]: outputs of depth k for positions [start[k], done[k]) not yet consumed by depth k + 1
     h = {0: out.hidden}
     start = {0: 0}
@@ -93,8 +93,9 @@ def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int
                 spec_prev = prev
             done[k] = commit_hi
             last = spec_prev[:, -1] if spec_prev.size(1) else h[k][:, L - 1 - start[k]]
-            q.append(sampler.probs(model.lm_head(last[0])))
-            drafts.append(int(draw(q[-1], u_draft[k - 1])))
+            draft, q_k = _pick(sampler, model.lm_head(last[0]), u_draft[k - 1])
+            drafts.append(draft)
+            q.append(q_k)
         for k in range(D + 1):  # drop what no depth will read again
             cut = max(0, (done[k + 1] if k < D else done[k]) - start[k])
             h[k], start[k] = h[k][:, cut:], start[k] + cut
@@ -103,7 +104,7 @@ def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int
         block = torch.tensor([[seq[L], *drafts]], device=device)
         main.record(True)
         ver = model(block, cache=main)
-        a, token = map(int, verify(sampler.probs(ver.logits[0]), torch.stack(q), block[0, 1:], uniforms(D + 1)))
+        a, token = _verify(sampler, ver.logits[0], q, drafts, uniforms(D + 1))
         main.rollback(keep=a + 1, total=len(drafts) + 1)
         seq += [*drafts[:a], token]
         u_draft = uniforms(D)
@@ -114,3 +115,23 @@ def speculative_generate(model: HybridLM, prompt: list[int], max_new_tokens: int
         stats.accepted += a
     stats.seconds = time.perf_counter() - t0
     return up_to_stop(new_tokens(), stop_tokens, max_new_tokens), stats
+
+
+# The plain path pays for every tensor op, so greedy skips building its one-hot rows: drafts are
+# argmaxes and verify's rule on one-hot rows is "keep the drafts that equal the argmax".
+def _pick(sampler: Sampler, logits: torch.Tensor, u: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+    """A token from logits (vocab,) at uniform u, and the distribution it was drawn from (None: greedy)."""
+    if sampler.greedy:
+        return int(logits.argmax()), None
+    probs = sampler.probs(logits)
+    return int(draw(probs, u)), probs
+
+
+def _verify(sampler: Sampler, logits: torch.Tensor, q: list, drafts: list[int], u: torch.Tensor) -> tuple[int, int]:
+    """``chimera.models.sampling.verify`` on the target logits (D+1, vocab) -> (kept drafts a, token)."""
+    if sampler.greedy:
+        preds = logits.argmax(-1).tolist()
+        a = next((j for j, (d, t) in enumerate(zip(drafts, preds)) if d != t), len(drafts))
+        return a, preds[a]
+    a, token = verify(sampler.probs(logits), torch.stack(q), torch.tensor(drafts, device=logits.device), u)
+    return int(a), int(token)

@@ -64,9 +64,12 @@ GREEDY = Sampler()
 
 def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The token at uniform ``u`` in [0, 1) of each distribution: probs (..., vocab), u (...) -> (...).
-    The first token whose cumulative mass exceeds u times the total, so never one of probability 0."""
-    cdf = probs.cumsum(-1)
-    return (cdf <= u[..., None] * cdf[..., -1:]).sum(-1).clamp(max=probs.size(-1) - 1)
+
+    The first token whose cumulative mass exceeds u times the total, so never one of probability 0.
+    The sums are in float64: u * total stays below the total for every float32 u < 1, and tokens
+    of mass below float32's resolution next to the top one keep their share."""
+    cdf = probs.double().cumsum(-1)
+    return torch.searchsorted(cdf, (u.double() * cdf[..., -1])[..., None], right=True)[..., 0]
 
 
 def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
