@@ -252,9 +252,9 @@ class Compiled:
     A decode step on a small model is as short as the checks around it, and Dynamo's guards cost
     most (up to a millisecond) on objects they have not seen, such as each generation's new
     caches. So a call runs with every guard only when its ``signature`` (the model, the grad and
-    autocast modes, every tensor's shape, stride, dtype and device, every module's identity, every frozen
-    dataclass's values) is new
-    for this ``fn``; otherwise, and on an instance's later calls, under ``skip_guard_eval_unsafe``.
+    autocast modes, every tensor's shape, stride, dtype and device, every module's identity, every
+    frozen dataclass's values, such as a ``Sampler``) is new for this ``fn``; otherwise, and on an
+    instance's later calls, under ``skip_guard_eval_unsafe``.
     The guards passed or recompiled for that signature, and the graph they chose depends on
     nothing the signature leaves out, so it is the graph they would choose again.
     """
