@@ -86,10 +86,10 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
     keep = u[..., :D] * q.gather(-1, at)[..., 0] < p[..., :D, :].gather(-1, at)[..., 0]
     a = keep.long().cumprod(-1).sum(-1)
     fix = torch.cat([(p[..., :D, :] - q).clamp(min=0), p[..., D:, :]], -2)  # rows 0..D-1: after a rejection
-    row = fix.gather(-2, a[..., None, None].expand(*a.shape, 1, p.size(-1)))[..., 0, :]
+    at_a = a[..., None, None].expand(*a.shape, 1, p.size(-1))
+    row = fix.gather(-2, at_a)[..., 0, :]
     # a rejection where p and q agree has probability 0; rounding aside, fall back to p's row
-    target = p.gather(-2, a[..., None, None].expand(*a.shape, 1, p.size(-1)))[..., 0, :]
-    row = torch.where(row.sum(-1, keepdim=True) > 0, row, target)
+    row = torch.where(row.sum(-1, keepdim=True) > 0, row, p.gather(-2, at_a)[..., 0, :])
     return a, draw(row, u[..., D])
 
 
