@@ -43,9 +43,15 @@ class Sampler:
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (..., vocab) -> the float32 distribution (..., vocab) a token is drawn from."""
-        logits = logits.float()
         if self.greedy:
             return F.one_hot(logits.argmax(-1), logits.size(-1)).float()
+        return self.log_probs(logits).exp()
+
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (..., vocab) -> log of ``probs`` (float32; -inf outside top-k / top-p, 0 / -inf when greedy)."""
+        logits = logits.float()
+        if self.greedy:
+            return F.one_hot(logits.argmax(-1), logits.size(-1)).float().log()
         logits = logits / self.temperature
         if self.top_k > 0:
             kth = logits.topk(min(self.top_k, logits.size(-1)), dim=-1).values[..., -1:]
@@ -56,7 +62,7 @@ class Sampler:
             # drop a token when the mass before it already reaches top_p (the top token always stays)
             drop = probs.cumsum(-1) - probs >= self.top_p
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-        return logits.softmax(-1)
+        return logits.log_softmax(-1)
 
 
 GREEDY = Sampler()
