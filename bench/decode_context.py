@@ -11,9 +11,10 @@ time of a decode step does not depend on the values, prefill speed is measured i
 bench/model_speed.py, and a 32k-token pure-PyTorch prefill of batch 8 would take most of an hour
 on two cores. Mamba states are constant-size and are prefilled for real on a short prompt.
 
-Both of our models also run on the fast path (``*-compiled``: ``chimera.models.static_decode``,
-static caches and a ``torch.compile``d step, compiled once per model with dynamic shapes; the
-warm-up step that compiles is not timed). At batch 1 a step of this 38M-parameter model reads its
+Our models decode on ``chimera.inference.Decoder`` (a fixed-capacity cache; each step one token per
+row, sampled in the same call), eagerly and on the fast path (``*-compiled``: the step as one
+``torch.compile``d graph, compiled once per model with dynamic shapes; the warm-up step that
+compiles is not timed). At batch 1 a step of this 38M-parameter model reads its
 151 MB of fp32 weights besides the cache, so the hybrid / Transformer ratio there follows the
 ratio of bytes read per step, (weights + Transformer KV) / (weights + hybrid cache), which the
 summary lists as ``bytes_per_step_transformer_over_hybrid``. It can end up above that ratio because
@@ -67,17 +68,22 @@ def transformer_pattern(target_params: int) -> str:
     return best
 
 
-def fill_ours(model, batch: int, context: int):
-    cache = model.new_cache(batch, kv_capacity=context + 64)
-    prompt = torch.randint(16, 272, (batch, 16))
-    model(prompt, cache=cache)
+def fill_ours(model, batch: int, context: int, new_tokens: int, compile: bool):
+    """A Decoder whose rows hold a real 16-token prefill, then random keys / values up to ``context``."""
+    from chimera.inference import Decoder
+    from chimera.models.attention import KVCache
+
+    dec = Decoder(model, batch, context + new_tokens + 2, compile=compile)
+    dec.prefill([torch.randint(16, 272, (16,)).tolist()], [list(range(batch))])
+    cache = dec.cache
     for s in cache.layers:
-        if hasattr(s, "append"):
-            extra = context - s.length
-            k = torch.randn(batch, s.k.size(1), extra, s.k.size(3))
-            s.append(k, torch.randn_like(k))
-    cache.seen = context
-    return cache
+        if isinstance(s, KVCache):
+            s.k[:, :, 16:context] = torch.randn_like(s.k[:, :, 16:context])
+            s.v[:, :, 16:context] = torch.randn_like(s.v[:, :, 16:context])
+            s.length = context
+    cache.valid[:, :context] = True
+    cache.pos.fill_(context)
+    return dec
 
 
 def fill_hf(model, batch: int, context: int):
@@ -113,23 +119,25 @@ def measure(impl: str, path: Path, context: int, batch: int, new_tokens: int) ->
         step = lambda tok: model(tok, cache=cache, use_cache=True, logits_to_keep=1).logits  # noqa: E731
         cache_bytes = lambda: hf_cache_bytes(cache)  # noqa: E731
     else:
+        from chimera.inference.decoder import RowSampling
         from chimera.models import HybridLM
-        from chimera.models.static_decode import StaticDecoder
 
         model = HybridLM.from_pretrained(path).eval()
-        cache = fill_ours(model, batch, context)
-        cache_bytes = lambda: cache.nbytes()["total"]  # noqa: E731
-        if impl == "static":  # the fast path: static caches, compiled step (compiled during the warm-up)
-            fast = StaticDecoder(model, cache, capacity=context + new_tokens + 2, compile=True)
-            step = lambda tok: fast.step(tok[:, -1])[:, None]  # noqa: E731
-        else:
-            step = lambda tok: model(tok, cache=cache, logits_to_keep=1).logits  # noqa: E731
-    tok = torch.randint(16, 272, (batch, 1))
-    step(tok)  # warm-up
+        dec = fill_ours(model, batch, context, new_tokens, compile=impl == "static")  # static: compiled step
+        cache_bytes = lambda: dec.cache.nbytes()["total"]  # noqa: E731
+        greedy = RowSampling(torch.zeros(batch), torch.zeros(batch, dtype=torch.long), torch.ones(batch),
+                             torch.full((batch,), -1), torch.zeros(1, 272), filtered=False)
+        u = torch.zeros(batch)
+        step = lambda tok: dec.step(tok, u, greedy)[0]  # noqa: E731
+    tok = torch.randint(16, 272, (batch,))
+    step(tok if impl != "hf" else tok[:, None])  # warm-up
     times = []
     for _ in range(new_tokens):
         t0 = time.perf_counter()
-        tok = step(tok)[:, -1].argmax(-1, keepdim=True)
+        if impl == "hf":
+            tok = step(tok[:, None])[:, -1].argmax(-1)
+        else:
+            tok = step(tok)
         times.append(time.perf_counter() - t0)
     dt = statistics.median(times)  # a shared machine's pauses land in a few steps, not in the median
     return {"impl": impl, "context": context, "batch": batch, "tokens_per_s": batch / dt,

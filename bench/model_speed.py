@@ -72,7 +72,7 @@ def measure(impl: str, path: Path, task: str, context: int, new_tokens: int, rep
             continue
         # decode: prefill the context into a cache (untimed), then time new_tokens single steps
         if impl == "ours":
-            cache = model.new_cache(1, kv_capacity=context + new_tokens)
+            cache = model.new_cache(1, context + new_tokens)
             nxt = model(ids, cache=cache, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
             t0 = time.perf_counter()
             for _ in range(new_tokens):

@@ -39,7 +39,8 @@ class GenerateArgs:
     """With --thinking-budget: tokens allowed after </think> (-1: up to --max-new-tokens)."""
     speculative: bool = False
     """Self-speculative decoding with the checkpoint's MTP layers, greedy or sampled as --temperature / --top-k /
-    --top-p say (speculative sampling: the same distribution as without); prints acceptance and speed."""
+    --top-p say (speculative sampling: the same distribution as without), with --thinking-budget too; prints
+    acceptance and speed."""
     compile: bool = False
     """Decode on the fast path: static caches and a torch.compile'd step, or with --speculative one compiled
     graph per round (the first run compiles, 1-2 min; later runs reuse PyTorch's on-disk cache)."""
@@ -221,7 +222,7 @@ def cmd_clrs(argv: list[str]) -> int:
 def cmd_generate(argv: list[str]) -> int:
     import torch
 
-    from chimera.generate import SamplingConfig, ThinkingBudget, generate
+    from chimera.inference import SamplingConfig, ThinkingBudget, generate, speculative_generate
     from chimera.models import HybridLM
     from chimera.tokenizer import Message, load_tokenizer
 
@@ -244,28 +245,24 @@ def cmd_generate(argv: list[str]) -> int:
         sampler = sampling.sampler()
     except ValueError as e:
         raise ConfigError(f"{e}: check --temperature, --top-k and --top-p") from None
-    if args.speculative:
-        from chimera.speculative import speculative_generate
-
-        if not model.config.mtp_depths:
-            raise ConfigError(f"{args.checkpoint} has no MTP layers (num_nextn_predict_layers=0); "
-                              f"drop --speculative or train with an MTP pattern such as 'MEM*ME/*E/*E'")
-        if args.thinking_budget >= 0:
-            raise ConfigError("--thinking-budget is not implemented for --speculative decoding; drop one of them")
-        out, stats = speculative_generate(model, prompt, args.max_new_tokens, stops, compile=args.compile,
-                                          sampler=sampler, seed=args.seed)
-        print(tok.decode(out, skip_special=not args.show_special))
-        print(f"[speculative: {stats.rounds} rounds, acceptance {stats.acceptance_rate:.2f}, "
-              f"{len(out) / stats.seconds:.1f} tok/s{' including compilation' if args.compile else ''}]",
-              file=sys.stderr)
-        return 0
     budget = None
     if args.thinking_budget >= 0:
         budget = ThinkingBudget(args.thinking_budget, tok.token_id("<think>"), tok.token_id("</think>"),
                                 tok.newline_ids,
                                 max_answer_tokens=args.answer_budget if args.answer_budget >= 0 else None)
-    out = generate(model, [prompt], sampling, pad_id=tok.pad_id, budget=budget, compile=args.compile)[0]
     prefix = "<think>" if args.chat and args.thinking and args.show_special else ""
+    if args.speculative:
+        if not model.config.mtp_depths:
+            raise ConfigError(f"{args.checkpoint} has no MTP layers (num_nextn_predict_layers=0); "
+                              f"drop --speculative or train with an MTP pattern such as 'MEM*ME/*E/*E'")
+        out, stats = speculative_generate(model, prompt, args.max_new_tokens, stops, compile=args.compile,
+                                          sampler=sampler, seed=args.seed, budget=budget)
+        print(prefix + tok.decode(out, skip_special=not args.show_special))
+        print(f"[speculative: {stats.rounds} rounds, acceptance {stats.acceptance_rate:.2f}, "
+              f"{len(out) / max(stats.seconds, 1e-9):.1f} tok/s{' including compilation' if args.compile else ''}]",
+              file=sys.stderr)
+        return 0
+    out = generate(model, [prompt], sampling, budget=budget, compile=args.compile)[0]
     print(prefix + tok.decode(out, skip_special=not args.show_special))
     return 0
 
@@ -273,7 +270,7 @@ def cmd_generate(argv: list[str]) -> int:
 def cmd_models(argv: list[str]) -> int:
     import json
 
-    from chimera.models.config import SIZES, count_parameters, get_config
+    from chimera.models import SIZES, count_parameters, get_config
 
     args = tyro.cli(ModelsArgs, args=argv, prog="chimera models")
     if args.name:

@@ -37,9 +37,8 @@ import torch
 
 from chimera.data.batching import TaskBatcher, parse_answer, prompt_tokens
 from chimera.data.synthetic import make_task
-from chimera.generate import SamplingConfig, generate
+from chimera.inference import SamplingConfig, generate, speculative_generate
 from chimera.models import HybridLM
-from chimera.speculative import speculative_generate
 from chimera.train.lm import DataConfig, OptimConfig, RunConfig, TrainLMConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from chimera.generate import SamplingConfig, ThinkingBudget, generate
+from chimera.inference import SamplingConfig, ThinkingBudget, generate
 from chimera.models import HybridLM, get_config
 from chimera.tokenizer import ByteTokenizer, HFTokenizer, Message, load_tokenizer
 
@@ -15,14 +15,14 @@ THINK, END, NL = TOK.token_id("<think>"), TOK.token_id("</think>"), TOK.newline_
 
 def _run(budget, stream, prompt=(THINK,)):
     """Feed a scripted stream of would-be samples through the controller; return what is emitted."""
-    state = budget.start([list(prompt)])
+    tracker = budget.track(list(prompt))
     out = []
     for t in stream:
-        forced = state.force(0)
+        forced = tracker.forced()
         tok = t if forced is None else forced
         out.append(tok)
-        state.observe(0, tok)
-        if state.done(0):
+        tracker.observe(tok)
+        if tracker.done():
             break
     return out
 
@@ -52,6 +52,23 @@ def test_prompt_without_open_think_is_not_budgeted():
     assert END not in _run(b, [50] * 10, prompt=(THINK, 60, END))
 
 
+def test_room_never_reaches_past_a_forced_token():
+    """Emitting ``room()`` tokens freely never skips a point where a token is forced."""
+    b = ThinkingBudget(10, THINK, END, (NL,), grace=3)
+    for stream in ([50] * 40, [50] * 8 + [NL] * 3 + [50] * 30, [NL] * 40):
+        tracker, i = b.track([THINK]), 0
+        while not tracker.closed:
+            room = tracker.room()
+            if room == 0:
+                tracker.observe(tracker.forced())
+                continue
+            for t in stream[i:i + room]:
+                assert tracker.forced() is None
+                tracker.observe(t)
+            i += room
+        assert _run(b, stream)[:tracker.n_think + 1][-1] == END
+
+
 @pytest.mark.parametrize("n", [0, 5, 20])
 def test_generate_never_thinks_past_budget_plus_grace(n):
     torch.manual_seed(0)
@@ -60,7 +77,7 @@ def test_generate_never_thinks_past_budget_plus_grace(n):
     b = ThinkingBudget(n, THINK, END, TOK.newline_ids, max_answer_tokens=7)
     outs = generate(m, prompts, SamplingConfig(max_new_tokens=60, temperature=1.0, seed=1), budget=b)
     for out in outs:
-        assert END in out
+        assert out.count(END) == 1 and THINK not in out[out.index(END):]  # once closed, both are masked
         thinking = out.index(END)
         assert thinking <= n + b.grace
         assert len(out) - thinking - 1 <= 7

@@ -88,8 +88,17 @@ def test_generate_speculative_sampling(tmp_path, capsys):
     assert "[speculative:" in first.err and "acceptance" in first.err
     assert main(args) == 0
     assert capsys.readouterr().out == first.out  # the seed fixes the draws
-    assert main([*args, "--thinking-budget", "4"]) == 2
-    assert "not implemented for --speculative" in capsys.readouterr().err
+    chat = ["generate", str(tmp_path / "m"), "--prompt", "hi", "--max-new-tokens", "30", "--speculative",
+            "--thinking-budget", "4", "--show-special"]
+    assert main(chat) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("<think>") and out.count("</think>") == 1
+    import re
+
+    from chimera.tokenizer import SPECIAL_TOKENS
+
+    thinking = re.sub("|".join(map(re.escape, SPECIAL_TOKENS)), "#", out.split("</think>")[0].removeprefix("<think>"))
+    assert len(thinking) <= 4 + 1  # a token is a byte (at most one character) or a special token; grace 1
 
 
 def test_tensorboard_logging_is_optional(tmp_path):

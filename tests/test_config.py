@@ -3,7 +3,7 @@ import json
 import pytest
 
 from chimera.config import ConfigError, from_dict, load_preset
-from chimera.models.config import HybridConfig, count_parameters, get_config
+from chimera.models import HybridConfig, count_parameters, get_config
 from chimera.train.lm import TrainLMConfig
 
 

@@ -1,28 +1,39 @@
 import torch
 
-from chimera.generate import SamplingConfig, generate, sample_next
+from chimera.inference import Sampler, SamplingConfig, draw, generate
 from chimera.models import HybridLM, get_config
 from chimera.tokenizer import ByteTokenizer, Message
+
+
+def sample(logits: torch.Tensor, sampler: Sampler, seed: int = 0) -> torch.Tensor:
+    u = torch.rand(logits.shape[:-1], generator=torch.Generator().manual_seed(seed))
+    return draw(sampler.probs(logits), u)
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy():
     logits = torch.randn(64, 50)
     greedy = logits.argmax(-1)
-    assert torch.equal(sample_next(logits, SamplingConfig(temperature=1.0, top_k=1)), greedy)
-    assert torch.equal(sample_next(logits, SamplingConfig(temperature=1.0, top_p=1e-6)), greedy)
+    assert torch.equal(sample(logits, Sampler(temperature=1.0, top_k=1)), greedy)
+    assert torch.equal(sample(logits, Sampler(temperature=1.0, top_p=1e-6)), greedy)
 
 
 def test_top_k_never_samples_outside_the_k_best():
     logits = torch.randn(1, 30).expand(2000, 30)
-    picks = sample_next(logits, SamplingConfig(temperature=2.0, top_k=3), torch.Generator().manual_seed(0))
+    picks = sample(logits, Sampler(temperature=2.0, top_k=3))
     assert set(picks.tolist()) == set(logits[0].topk(3).indices.tolist())
 
 
 def test_sampling_follows_the_softmax():
     logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(20000, 3)
-    picks = sample_next(logits, SamplingConfig(temperature=1.0), torch.Generator().manual_seed(0))
+    picks = sample(logits, Sampler(temperature=1.0))
     freq = torch.bincount(picks, minlength=3).float() / 20000
     torch.testing.assert_close(freq, logits[0].softmax(-1), atol=0.015, rtol=0)
+
+
+def test_top_p_one_keeps_every_token_of_a_long_tail():
+    """At top_p = 1 nothing is dropped, even where float32 partial sums reach 1 before the tail."""
+    logits = torch.cat([torch.tensor([30.0]), torch.zeros(5000)])
+    assert (Sampler(temperature=1.0).probs(logits) > 0).all()
 
 
 def test_seeded_sampling_is_reproducible_and_stops_at_stop_token():

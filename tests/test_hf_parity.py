@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from chimera.generate import SamplingConfig, generate
+from chimera.inference import SamplingConfig, generate
 from chimera.models import HybridLM
 
 transformers = pytest.importorskip("transformers")

@@ -3,9 +3,7 @@
 import pytest
 import torch
 
-from chimera.generate import SamplingConfig, generate
 from chimera.models import HybridConfig, HybridLM
-from chimera.speculative import speculative_generate
 from chimera.train.lm import mtp_loss
 
 PATTERNS = ["MEM*ME/*E/*E", "M*M-/*", "MMM/M/M/M", "E*/-E"]
@@ -54,35 +52,20 @@ def test_mtp_depth_k_predicts_token_t_plus_k_plus_1():
     torch.testing.assert_close(loss, (ref + ref2) / 2)
 
 
-@pytest.mark.parametrize("share", [False, True])
-@pytest.mark.parametrize("pattern", PATTERNS)
-def test_greedy_speculative_equals_greedy_and_drafts_equal_uncached_mtp(pattern, share):
-    m = _model(pattern, share)
-    prompt = torch.randint(16, 272, (9,)).tolist()
-    ref = generate(m, [prompt], SamplingConfig(max_new_tokens=24))[0]
-    got, stats = speculative_generate(m, prompt, 24)
-    assert got == ref
-    full = prompt + got
-    for L, drafts in stats.history:  # every draft equals the MTP forward over the whole sequence
-        with torch.no_grad():
-            out = m(torch.tensor([full[:L + 1] + drafts[:-1]]), return_mtp=True)
-        assert drafts == [int(out.mtp_logits[k][0, L - 1].argmax()) for k in range(len(drafts))]
-
-
-def test_rollback_restores_every_cache_exactly():
-    m = _model("M*ME/*E")
-    ids = torch.randint(0, 272, (1, 20))
-    a, b = m.new_cache(1), m.new_cache(1)
+def test_an_mtp_depth_steps_as_its_sequence_forward():
+    """An MTP depth over a cache, a few positions at a time with a prefix kept, equals its forward over
+    the whole sequence."""
+    m = _model("M*ME/*E/*E")
+    x = torch.randint(0, 272, (1, 14))
     with torch.no_grad():
-        m(ids[:, :15], cache=a)
-        m(ids[:, :15], cache=b)
-        a.record(True)
-        m(ids[:, 15:20], cache=a)  # verify 5 tokens, keep 2
-        a.rollback(keep=2, total=5)
-        m(ids[:, 15:17], cache=b)
-        nxt = torch.randint(0, 272, (1, 1))
-        torch.testing.assert_close(m(nxt, cache=a).logits, m(nxt, cache=b).logits, atol=1e-5, rtol=1e-5)
-    for sa, sb in zip(a.layers, b.layers):
-        if hasattr(sa, "ssm"):
-            torch.testing.assert_close(sa.ssm, sb.ssm, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(sa.conv, sb.conv)
+        h = m(x).hidden
+        full = m.mtp(1, h[:, :12], m.backbone.embeddings(x[:, 1:13]))
+        cache = m.new_mtp_cache(1, 16)
+        first = m.mtp(1, h[:, :6], m.backbone.embeddings(x[:, 1:7]), cache)
+        ctx = cache.context(4, record=True)
+        block = m.mtp.step(1, h[:, 6:10], m.backbone.embeddings(x[:, 7:11]), cache, ctx)
+        cache.advance(ctx, torch.tensor([2]))  # keep positions 6, 7
+        ctx = cache.context(4)
+        rest = m.mtp.step(1, h[:, 8:12], m.backbone.embeddings(x[:, 9:13]), cache, ctx)
+    torch.testing.assert_close(torch.cat([first, block[:, :2], rest], 1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(block, full[:, 6:10], atol=1e-5, rtol=1e-5)

@@ -1,4 +1,10 @@
-"""Grouped-query causal self-attention without positional encoding (Nemotron-H), with a KV cache."""
+"""Grouped-query causal self-attention without positional encoding (Nemotron-H), with its KV cache.
+
+The layer owns its inference state (``KVCache``: keys and values in a buffer of ``capacity``
+positions) and both ways of filling it: ``forward`` over a sequence appends the same positions
+to every row (training, prefill), ``step`` writes a few tokens per row at each row's own positions
+and attends over the keys a validity mask allows (decoding, speculative verification).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chimera.models.cache import KVState
 from chimera.models.config import HybridConfig
 from chimera.models.decode_attention import attend
+
+
+class KVCache:
+    """Keys and values (b, kv_heads, capacity, head_dim); ``length`` positions written by ``forward``."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, length: int = 0):
+        self.k, self.v, self.length = k, v, length
+
+    def reserve(self, capacity: int) -> None:
+        """Grow the buffers (at least doubling) to hold ``capacity`` positions."""
+        have = self.k.size(2)
+        if capacity <= have:
+            return
+        pad = self.k.new_zeros(*self.k.shape[:2], max(capacity, 2 * have) - have, self.k.size(3))
+        self.k, self.v = torch.cat([self.k, pad], 2), torch.cat([self.v, pad.clone()], 2)
+
+    def select(self, index: torch.Tensor) -> KVCache:
+        return KVCache(self.k.index_select(0, index), self.v.index_select(0, index), self.length)
+
+    def insert(self, rows: torch.Tensor, src: KVCache, n: int) -> None:
+        """Copy the first ``n`` positions of ``src``'s rows (one, broadcast, or one per row) into ``rows``."""
+        shape = (len(rows), *src.k.shape[1:2], n, src.k.size(3))
+        self.k[:, :, :n].index_copy_(0, rows, src.k[:, :, :n].expand(shape).to(self.k.dtype))
+        self.v[:, :, :n].index_copy_(0, rows, src.v[:, :, :n].expand(shape).to(self.v.dtype))
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes of the keys and values written (not of the spare capacity)."""
+        return {"kv": 2 * self.k[:, :, :self.length].numel() * self.k.element_size()}
+
+    def clone(self) -> KVCache:
+        return KVCache(self.k.clone(), self.v.clone(), self.length)
+
+    def detach(self) -> KVCache:
+        return KVCache(self.k.detach(), self.v.detach(), self.length)
 
 
 class Attention(nn.Module):
@@ -20,42 +59,58 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=cfg.attention_bias)
 
-    def forward(self, hidden: torch.Tensor, kv: KVState | None = None,
-                key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden (b, l, d) -> (b, l, d). ``key_mask`` (b, past + l) marks real (non-padding) keys."""
+    def new_state(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        k = torch.zeros(batch, self.nkv, capacity, self.hd, dtype=dtype, device=device)
+        return KVCache(k, torch.zeros_like(k))
+
+    def _qkv(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hidden (b, l, d) -> q (b, nh, l, hd), k and v (b, nkv, l, hd)."""
         b, l, _ = hidden.shape
-        q = self.q_proj(hidden).view(b, l, self.nh, self.hd).transpose(1, 2)  # (b, nh, l, hd)
-        k = self.k_proj(hidden).view(b, l, self.nkv, self.hd).transpose(1, 2)  # (b, nkv, l, hd)
+        q = self.q_proj(hidden).view(b, l, self.nh, self.hd).transpose(1, 2)
+        k = self.k_proj(hidden).view(b, l, self.nkv, self.hd).transpose(1, 2)
         v = self.v_proj(hidden).view(b, l, self.nkv, self.hd).transpose(1, 2)
+        return q, k, v
+
+    def forward(self, hidden: torch.Tensor, state: KVCache | None = None,
+                reset: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (b, l, d) -> (b, l, d), causal; with ``state``, after its ``length`` cached positions."""
+        if reset is not None:
+            raise ValueError("attention layers do not support episode resets; use M, - and E layers for "
+                             "recurrent policies (Mamba layers carry the memory)")
+        b, l, _ = hidden.shape
+        q, k, v = self._qkv(hidden)
         past = 0
-        if kv is not None:
-            past = kv.length
-            k, v = kv.append(k, v)  # (b, nkv, past + l, hd)
-        if l == 1 and self.nh != self.nkv:
-            return self.o_proj(self._decode_gqa(q, k, v, key_mask).reshape(b, 1, self.nh * self.hd))
-        mask = None
-        causal = False
-        if key_mask is not None or (past > 0 and l > 1):
-            T = past + l
-            qpos = torch.arange(past, T, device=hidden.device)[:, None]
-            kpos = torch.arange(T, device=hidden.device)[None, :]
-            mask = (kpos <= qpos)[None, None]  # (1, 1, l, T)
-            if key_mask is not None:
-                # A padding query sees only itself, so that no row of the softmax is empty.
-                mask = mask & (key_mask[:, None, None, :].bool() | (kpos == qpos))
-        elif past == 0 and l > 1:
-            causal = True
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           enable_gqa=self.nkv != self.nh)  # (b, nh, l, hd)
+        if state is not None:
+            past, T = state.length, state.length + l
+            state.reserve(T)
+            state.k[:, :, past:T], state.v[:, :, past:T] = k, v
+            state.length = T
+            k, v = state.k[:, :, :T], state.v[:, :, :T]  # (b, nkv, past + l, hd)
+        if l == 1 and past > 0:  # one new position sees every key: the decode kernel
+            g = self.nh // self.nkv
+            y = attend(q.reshape(b, self.nkv, g, self.hd), k, v).reshape(b, self.nh, 1, self.hd)
+        else:
+            mask = None
+            if past:  # query i (at past + i) sees keys up to past + i
+                mask = torch.ones(l, past + l, dtype=torch.bool, device=hidden.device).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=not past,
+                                               enable_gqa=self.nkv != self.nh)  # (b, nh, l, hd)
         return self.o_proj(y.transpose(1, 2).reshape(b, l, self.nh * self.hd))
 
-    def _decode_gqa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    key_mask: torch.Tensor | None) -> torch.Tensor:
-        """One query position: fold the query heads of each KV group into the query axis, so keys and
-        values are read once per group instead of being repeated per head. q (b, nh, 1, hd) -> (b, nh, hd)."""
-        b = q.size(0)
+    def step(self, hidden: torch.Tensor, state: KVCache, ctx) -> torch.Tensor:
+        """n tokens per row at ``ctx.positions`` (b, n); hidden (b, n, d) -> (b, n, d). Their keys and values
+        are written there; token i sees the keys ``ctx.valid`` marks and this step's keys up to its own."""
+        b, n, _ = hidden.shape
         g = self.nh // self.nkv
-        qg = q.reshape(b, self.nkv, g, self.hd)  # heads h = kv * g + j share kv group `kv`
-        mask = None if key_mask is None else key_mask[:, None, None, :].bool()
-        y = attend(qg, k, v, mask)  # (b, nkv, g, hd)
-        return y.reshape(b, self.nh, self.hd)
+        q, k, v = self._qkv(hidden)
+        at = ctx.positions[:, None, :, None].expand(b, self.nkv, n, self.hd)
+        state.k.scatter_(2, at, k.to(state.k.dtype))
+        state.v.scatter_(2, at, v.to(state.v.dtype))
+        # the query heads of each KV group share its keys: fold them into the query axis (g * n rows)
+        q = q.view(b, self.nkv, g, n, self.hd).reshape(b, self.nkv, g * n, self.hd)
+        key = torch.arange(state.k.size(2), device=hidden.device)
+        start = ctx.positions[:, :1, None]  # (b, 1, 1)
+        own = (key >= start) & (key <= ctx.positions[:, :, None])  # (b, n, capacity): this step's keys
+        mask = (ctx.valid[:, None, :] | own).repeat(1, g, 1)  # (b, g * n, capacity)
+        y = attend(q, state.k, state.v, mask[:, None])  # (b, nkv, g * n, hd)
+        return self.o_proj(y.view(b, self.nh, n, self.hd).transpose(1, 2).reshape(b, n, self.nh * self.hd))

@@ -1,8 +1,17 @@
-"""Per-layer inference state: Mamba conv and SSM states (constant size), attention KV (grows).
+"""The inference state of a stack of layers: one state per layer, made and updated by its mixer.
 
-A ``HybridCache`` holds one entry per layer: ``MambaState`` for ``M`` layers, ``KVState`` for
-``*`` layers and ``None`` for MLP / MoE layers, plus the mask of valid key positions for
-left-padded batches.
+A ``Cache`` holds, for ``b`` rows, each layer's state (``MambaState``, ``KVCache`` or None), which
+key positions of each row are valid, and where each row writes next. Two kinds of call fill it:
+
+- ``forward`` over a sequence (prefill, RL rollouts): every row takes the same positions, so the
+  cache's ``length`` is one number and KV buffers grow as needed;
+- ``step`` over a few tokens per row (decoding, verification): each row writes at its own
+  position, in buffers of a fixed ``capacity`` (fixed shapes and addresses: the call compiles).
+  ``context(n, record=True)`` asks the Mamba layers to record every position's state, so that
+  ``advance(ctx, m)`` can keep any prefix of the n tokens: a speculative rollback, exactly.
+
+Rows move between caches with ``select`` (keep or reorder rows) and ``insert`` (copy a prefilled
+cache into some rows of another: a prompt prefilled once serves many sample rows).
 """
 
 from __future__ import annotations
@@ -10,176 +19,119 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from chimera.models.config import HybridConfig
+from torch import nn
 
 
 @dataclass
-class MambaState:
-    """Conv window (b, conv_dim, kernel-1) and SSM state (b, h, p, n), the latter in fp32.
+class StepContext:
+    """What a ``step`` of n tokens per row needs beyond the tokens."""
 
-    With ``record`` set, a multi-token forward keeps the state before and after every position
-    (``ssm_history`` (l+1, b, h, p, n) and the full conv ``window``), so that speculative
-    decoding can roll back to any accepted prefix exactly.
-    """
-
-    conv: torch.Tensor
-    ssm: torch.Tensor
-    record: bool = False
-    window: torch.Tensor | None = None
-    ssm_history: torch.Tensor | None = None
-
-    def rollback(self, keep: int) -> None:
-        """After a recorded forward, keep the state as it was after the first ``keep`` positions
-        (``ssm_history[0]`` is the state before the forward)."""
-        k1 = self.conv.size(-1)
-        self.conv = self.window[..., keep:keep + k1]
-        self.ssm = self.ssm_history[keep]
-        self.window = self.ssm_history = None
-
-    def nbytes(self) -> int:
-        return self.conv.numel() * self.conv.element_size() + self.ssm.numel() * self.ssm.element_size()
-
-    def select(self, index: torch.Tensor) -> MambaState:
-        return MambaState(self.conv.index_select(0, index), self.ssm.index_select(0, index))
-
-    def clone(self) -> MambaState:
-        return MambaState(self.conv.clone(), self.ssm.clone())
+    positions: torch.Tensor
+    """(b, n) where each row's tokens go."""
+    valid: torch.Tensor
+    """(b, capacity) the keys each row may attend to (this step's own keys aside)."""
+    records: list | None
+    """None: layers update their state in place; a list: Mamba layers append what ``advance`` needs."""
 
 
-class KVState:
-    """Keys and values (b, kv_heads, capacity, d) in a buffer that doubles when full."""
+class Cache:
+    """Per-layer inference state of ``b`` rows (see the module doc)."""
 
-    def __init__(self, batch: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
-                 capacity: int = 256):
-        self.k = torch.zeros(batch, kv_heads, capacity, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-        self.length = 0
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add (b, kvh, t, d) keys/values; return views of all keys/values so far."""
-        t = k.size(2)
-        need = self.length + t
-        if need > self.k.size(2):
-            cap = max(need, 2 * self.k.size(2))
-            grow = cap - self.k.size(2)
-            pad = self.k.new_zeros(self.k.size(0), self.k.size(1), grow, self.k.size(3))
-            self.k = torch.cat([self.k, pad], dim=2)
-            self.v = torch.cat([self.v, pad.clone()], dim=2)
-        self.k[:, :, self.length:need] = k
-        self.v[:, :, self.length:need] = v
-        self.length = need
-        return self.k[:, :, :need], self.v[:, :, :need]
-
-    def trim(self, n: int) -> None:
-        """Forget the last n positions."""
-        self.length -= n
-
-    def nbytes(self) -> int:
-        """Bytes of the keys and values held (not of the spare capacity)."""
-        per_pos = self.k.size(0) * self.k.size(1) * self.k.size(3) * self.k.element_size()
-        return 2 * per_pos * self.length
-
-    def select(self, index: torch.Tensor) -> KVState:
-        out = KVState.__new__(KVState)
-        out.k, out.v, out.length = self.k.index_select(0, index), self.v.index_select(0, index), self.length
-        return out
-
-    def clone(self) -> KVState:
-        out = KVState.__new__(KVState)
-        out.k, out.v, out.length = self.k.clone(), self.v.clone(), self.length
-        return out
-
-
-class HybridCache:
-    """Inference state of every layer of a HybridLM."""
-
-    def __init__(self, layers: list[MambaState | KVState | None], key_mask: torch.Tensor | None = None):
+    def __init__(self, layers: list, valid: torch.Tensor, pos: torch.Tensor, length: int = 0):
         self.layers = layers
-        self.key_mask = key_mask  # (b, seen) bool: False marks left padding
-        self.seen = 0
+        self.valid = valid  # (b, capacity) bool
+        self.pos = pos  # (b,) long: the next position each row writes
+        self.length = length  # positions every row holds, for sequence calls
 
     @classmethod
-    def empty(cls, config: HybridConfig, batch: int, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32, kv_capacity: int = 256, pattern: str | None = None) -> HybridCache:
-        """Zero conv / SSM states and empty KV buffers for a batch (layers of ``pattern``, default the config's)."""
+    def empty(cls, blocks: nn.ModuleList | list[nn.Module], batch: int, capacity: int,
+              device: torch.device | str, dtype: torch.dtype) -> Cache:
+        """Zero states for ``blocks`` (each has ``new_state``) with room for ``capacity`` positions."""
         device = torch.device(device)
-        layers: list[MambaState | KVState | None] = []
-        for kind in config.pattern if pattern is None else pattern:
-            if kind == "M":
-                conv = torch.zeros(batch, config.mamba_conv_dim, config.conv_kernel - 1, dtype=dtype, device=device)
-                ssm = torch.zeros(batch, config.mamba_num_heads, config.mamba_head_dim, config.ssm_state_size,
-                                  dtype=torch.float32, device=device)
-                layers.append(MambaState(conv, ssm))
-            elif kind == "*":
-                layers.append(KVState(batch, config.num_key_value_heads, config.head_dim, dtype, device, kv_capacity))
-            else:
-                layers.append(None)
-        return cls(layers)
+        layers = [block.new_state(batch, capacity, device, dtype) for block in blocks]
+        return cls(layers, torch.zeros(batch, capacity, dtype=torch.bool, device=device),
+                   torch.zeros(batch, dtype=torch.long, device=device))
 
-    def extend_mask(self, mask: torch.Tensor | None, batch: int, t: int, device: torch.device) -> None:
-        """Record validity of t new positions (None: all valid)."""
-        if mask is None and self.key_mask is None:
-            self.seen += t
+    @property
+    def batch(self) -> int:
+        return self.valid.size(0)
+
+    @property
+    def capacity(self) -> int:
+        return self.valid.size(1)
+
+    # ---- sequence calls -------------------------------------------------------------------------
+    def begin_sequence(self, n: int) -> None:
+        """Before a sequence call of n positions: grow the buffers to hold them."""
+        need = self.length + n
+        if need > self.capacity:
+            grown = max(need, 2 * self.capacity)
+            for s in self.layers:
+                if s is not None:
+                    s.reserve(grown)
+            self.valid = torch.cat([self.valid, self.valid.new_zeros(self.batch, grown - self.capacity)], 1)
+
+    def end_sequence(self, n: int) -> None:
+        """After a sequence call of n positions."""
+        self.valid[:, self.length:self.length + n] = True
+        self.length += n
+        self.pos.fill_(self.length)
+
+    # ---- step calls -----------------------------------------------------------------------------
+    def context(self, n: int, record: bool = False) -> StepContext:
+        """The context of a step of n tokens per row at each row's next positions."""
+        positions = self.pos[:, None] + torch.arange(n, device=self.pos.device)
+        # the caller keeps the rows it uses within capacity; a row left idle only rewrites its last slot
+        return StepContext(positions.clamp(max=self.capacity - 1), self.valid, [] if record else None)
+
+    def advance(self, ctx: StepContext, m: torch.Tensor | None = None) -> None:
+        """After a step: keep the first ``m`` (b,) tokens of each row (None: all; only recorded steps can
+        keep fewer). A row given m = 0 stays as it was."""
+        n = ctx.positions.size(1)
+        if m is None:
+            self.valid.scatter_(1, ctx.positions, True)
+            self.pos += n
             return
-        if mask is None:
-            mask = torch.ones(batch, t, dtype=torch.bool, device=device)
-        if self.key_mask is None:
-            self.key_mask = torch.ones(batch, self.seen, dtype=torch.bool, device=device)
-        self.key_mask = torch.cat([self.key_mask, mask.bool()], dim=1)
-        self.seen += t
+        m = m.expand(self.batch)
+        for state, *record in ctx.records:
+            state.keep(*record, m)
+        self.valid.scatter_(1, ctx.positions, torch.arange(n, device=m.device) < m[:, None])
+        self.pos += m
 
-    # ---- speculation ---------------------------------------------------------------------------
-    def snapshot(self) -> tuple:
-        """A cheap handle to the current state: layers replace (never mutate) their Mamba tensors,
-        and KV buffers only grow past their recorded length."""
-        return ([(s.conv, s.ssm) if isinstance(s, MambaState) else (s.length if isinstance(s, KVState) else None)
-                 for s in self.layers], self.key_mask, self.seen)
+    # ---- rows -------------------------------------------------------------------------------------
+    def select(self, index: torch.Tensor) -> Cache:
+        """A cache of the rows ``index`` (keep, drop or repeat rows)."""
+        layers = [None if s is None else s.select(index) for s in self.layers]
+        return Cache(layers, self.valid.index_select(0, index), self.pos.index_select(0, index), self.length)
 
-    def restore(self, snap: tuple) -> None:
-        """Return to a ``snapshot``."""
-        layers, self.key_mask, self.seen = snap
-        for s, saved in zip(self.layers, layers):
-            if isinstance(s, MambaState):
-                s.conv, s.ssm = saved
-                s.window = s.ssm_history = None
-            elif isinstance(s, KVState):
-                s.length = saved
+    def insert(self, rows: torch.Tensor, src: Cache, length: int | None = None) -> None:
+        """Put ``src``'s first ``length`` positions (default ``src.length``; rows aligned there; one row
+        broadcast, or one per row) into ``rows``."""
+        n = src.length if length is None else length
+        if n > self.capacity:
+            raise ValueError(f"a prompt of {n} positions does not fit a cache of capacity {self.capacity}")
+        for dst, s in zip(self.layers, src.layers):
+            if dst is not None:
+                dst.insert(rows, s, n)
+        self.valid.index_fill_(0, rows, False)
+        self.valid[:, :n].index_fill_(0, rows, True)
+        self.pos.index_fill_(0, rows, n)
 
-    def record(self, on: bool = True) -> None:
-        """Keep per-position Mamba states during the next multi-token forward (see ``rollback``)."""
-        for s in self.layers:
-            if isinstance(s, MambaState):
-                s.record = on
+    def clone(self) -> Cache:
+        layers = [None if s is None else s.clone() for s in self.layers]
+        return Cache(layers, self.valid.clone(), self.pos.clone(), self.length)
 
-    def rollback(self, keep: int, total: int) -> None:
-        """After a recorded forward of ``total`` positions, keep only the first ``keep`` of them."""
-        drop = total - keep
-        for s in self.layers:
-            if isinstance(s, MambaState):
-                s.rollback(keep)
-                s.record = False
-            elif isinstance(s, KVState):
-                s.trim(drop)
-        self.seen -= drop
-        if self.key_mask is not None:
-            self.key_mask = self.key_mask[:, :self.seen]
+    def detach(self) -> Cache:
+        """The same state cut from any autograd graph (RL carries states across rollouts)."""
+        layers = [None if s is None else s.detach() for s in self.layers]
+        return Cache(layers, self.valid, self.pos, self.length)
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes held by Mamba states and by attention KV."""
-        mamba = sum(s.nbytes() for s in self.layers if isinstance(s, MambaState))
-        kv = sum(s.nbytes() for s in self.layers if isinstance(s, KVState))
-        return {"mamba": mamba, "kv": kv, "total": mamba + kv}
-
-    def select(self, index: torch.Tensor) -> HybridCache:
-        """Keep (or reorder) batch rows, e.g. for beams or finished sequences."""
-        out = HybridCache([None if s is None else s.select(index) for s in self.layers],
-                          None if self.key_mask is None else self.key_mask.index_select(0, index))
-        out.seen = self.seen
-        return out
-
-    def clone(self) -> HybridCache:
-        out = HybridCache([None if s is None else s.clone() for s in self.layers],
-                          None if self.key_mask is None else self.key_mask.clone())
-        out.seen = self.seen
+        """Bytes held by Mamba states and by the attention keys and values written."""
+        out = {"mamba": 0, "kv": 0}
+        for s in self.layers:
+            if s is not None:
+                for k, v in s.nbytes().items():
+                    out[k] += v
+        out["total"] = out["mamba"] + out["kv"]
         return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -333,22 +332,3 @@ def get_config(name: str) -> HybridConfig:
     if name not in SIZES:
         raise ValueError(f"unknown model size {name!r} (known: {', '.join(SIZES)})")
     return SIZES[name]()
-
-
-def count_parameters(cfg: HybridConfig) -> dict[str, int]:
-    """Total and per-token active parameter counts, built on the meta device (no memory)."""
-    import torch
-
-    from chimera.models.hybrid import HybridLM
-
-    with torch.device("meta"):
-        model = HybridLM(cfg)
-    total = sum(p.numel() for p in model.parameters())
-    inactive = 0
-    for layer in model.backbone.layers:
-        experts = getattr(layer.mixer, "experts", None)
-        if experts is not None:
-            per_expert = (experts.up_proj.numel() + experts.down_proj.numel()) // cfg.n_routed_experts
-            inactive += per_expert * (cfg.n_routed_experts - cfg.num_experts_per_tok)
-    return {"total": total, "active": total - inactive,
-            "attention_fraction": math.floor(1000 * cfg.pattern.count("*") / cfg.num_layers) / 1000}

@@ -33,7 +33,7 @@ _built: dict[str, bool] = {}
 
 def build() -> bool:
     """Build and load the kernel once per process; whether it is available. Call it before
-    ``torch.compile`` traces a graph that attends (``static_decode.Compiled`` does)."""
+    ``torch.compile`` traces a graph that attends (``chimera.inference.compiled.Compiled`` does)."""
     if "ok" not in _built:
         _built["ok"] = _load()
     return _built["ok"]

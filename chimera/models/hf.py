@@ -85,16 +85,14 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"):
-    """Build a HybridLM from an HF NemotronH checkpoint directory, checking every tensor's shape."""
-    from chimera.models.hybrid import HybridLM
-
+def load_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"):
+    """Build a ``cls`` (HybridLM) from an HF NemotronH checkpoint directory, checking every tensor's shape."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path / 'config.json'} not found; expected an HF NemotronH checkpoint directory")
     cfg = HybridConfig.load(path / "config.json")
     with torch.device("meta"):
-        model = HybridLM(cfg)
+        model = cls(cfg)
     state = from_hf_state_dict(_read_tensors(path), cfg)
     expected = model.state_dict()
     if cfg.tie_word_embeddings:

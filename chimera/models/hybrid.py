@@ -1,7 +1,12 @@
-"""HybridBackbone (embeddings -> pre-norm residual layers -> norm_f) and HybridLM (+ lm_head).
+"""HybridBackbone (embeddings -> pre-norm residual layers -> norm_f), HybridLM (+ lm_head) and
+parameter counting.
 
 Module names follow the HF NemotronH checkpoint (``backbone.layers.{i}.mixer...``), so the only
 state-dict translation needed is for the MoE expert tensors (see ``models/hf.py``).
+
+Two ways through the stack: ``forward`` over a sequence (training; prefill and RL rollouts with a
+``Cache``) and ``step`` over a few tokens per row of a ``Cache`` (decoding and verification;
+``chimera.inference`` compiles it).
 """
 
 from __future__ import annotations
@@ -13,45 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from chimera.models.attention import Attention
-from chimera.models.cache import HybridCache
+from chimera.models import hf
+from chimera.models.block import Block
+from chimera.models.cache import Cache, StepContext
 from chimera.models.config import HybridConfig
 from chimera.models.mamba2 import Mamba2Mixer
-from chimera.models.mlp import MLP
 from chimera.models.moe import MoE
 from chimera.models.mtp import MTP
 from chimera.models.norm import RMSNorm
-
-
-class Block(nn.Module):
-    """x + mixer(norm(x)) for one layer of kind M, *, - or E."""
-
-    def __init__(self, cfg: HybridConfig, kind: str):
-        super().__init__()
-        self.kind = kind
-        self.norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_epsilon)
-        if kind == "M":
-            self.mixer: nn.Module = Mamba2Mixer(cfg)
-        elif kind == "*":
-            self.mixer = Attention(cfg)
-        elif kind == "-":
-            self.mixer = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)
-        else:
-            self.mixer = MoE(cfg)
-
-    def forward(self, x: torch.Tensor, state=None, mask: torch.Tensor | None = None,
-                key_mask: torch.Tensor | None = None, reset: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.norm(x)
-        if self.kind == "M":
-            h = self.mixer(h, state, mask, reset)
-        elif self.kind == "*":
-            if reset is not None:
-                raise ValueError("attention layers do not support episode resets; use M, - and E layers for "
-                                 "recurrent policies (Mamba layers carry the memory)")
-            h = self.mixer(h, state, key_mask)
-        else:
-            h = self.mixer(h)
-        return x + h
 
 
 @torch.no_grad()
@@ -92,24 +66,34 @@ class HybridBackbone(nn.Module):
         init_weights([self], cfg)
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                cache: HybridCache | None = None, attention_mask: torch.Tensor | None = None,
-                reset: torch.Tensor | None = None) -> torch.Tensor:
+                cache: Cache | None = None, reset: torch.Tensor | None = None) -> torch.Tensor:
         """(b, l) token ids or (b, l, d) embeddings -> (b, l, d) final hidden states.
 
-        ``attention_mask`` (b, l): 1 for real tokens, 0 for left padding. With a ``cache``, the
-        states continue from it and are updated in place. ``reset`` (b, l) starts a new sequence
-        (an RL episode) at the marked positions.
+        With a ``cache``, every row continues from it (all rows at ``cache.length``) and it is updated.
+        ``reset`` (b, l) starts a new sequence (an RL episode) at the marked positions.
         """
         x = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        b, l, _ = x.shape
-        key_mask = attention_mask
-        if cache is not None:
-            cache.extend_mask(attention_mask, b, l, x.device)
-            key_mask = cache.key_mask
-        for i, layer in enumerate(self.layers):
-            state = None if cache is None else cache.layers[i]
-            x = layer(x, state, attention_mask, key_mask, reset)
+        if cache is None:
+            for layer in self.layers:
+                x = layer(x, None, reset)
+            return self.norm_f(x)
+        cache.begin_sequence(x.size(1))
+        for layer, state in zip(self.layers, cache.layers):
+            x = layer(x, state, reset)
+        cache.end_sequence(x.size(1))
         return self.norm_f(x)
+
+    def step(self, x: torch.Tensor, cache: Cache, ctx: StepContext) -> torch.Tensor:
+        """(b, n, d) embeddings of n tokens per row at ``ctx.positions`` -> (b, n, d) final hidden states.
+        The caller advances the cache (``cache.advance(ctx, m)``)."""
+        for layer, state in zip(self.layers, cache.layers):
+            x = layer.step(x, state, ctx)
+        return self.norm_f(x)
+
+    def new_cache(self, batch: int, capacity: int = 0) -> Cache:
+        """An empty cache on the backbone's device and dtype."""
+        w = self.embeddings.weight
+        return Cache.empty(self.layers, batch, capacity, w.device, w.dtype)
 
 
 @dataclass
@@ -138,23 +122,19 @@ class HybridLM(nn.Module):
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
                         device: torch.device | str = "cpu") -> HybridLM:
         """Load an HF NemotronH checkpoint directory (config.json + safetensors, sharded or not)."""
-        from chimera.models.hf import load_pretrained
-
-        return load_pretrained(path, dtype=dtype, device=device)
+        return hf.load_pretrained(cls, path, dtype=dtype, device=device)
 
     def save_pretrained(self, path: str | Path, max_shard_bytes: int = 2 * 1024**3) -> None:
         """Write an HF NemotronH checkpoint directory that `transformers` loads."""
-        from chimera.models.hf import save_pretrained
-
-        save_pretrained(self, path, max_shard_bytes=max_shard_bytes)
+        hf.save_pretrained(self, path, max_shard_bytes=max_shard_bytes)
 
     # ---- forward -----------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor | None = None, cache: HybridCache | None = None,
-                attention_mask: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                logits_to_keep: int = 0, return_mtp: bool = False) -> LMOutput:
+    def forward(self, input_ids: torch.Tensor | None = None, cache: Cache | None = None,
+                inputs_embeds: torch.Tensor | None = None, logits_to_keep: int = 0,
+                return_mtp: bool = False) -> LMOutput:
         """input_ids (b, l) -> LMOutput with logits (b, l, vocab); ``logits_to_keep=n`` keeps the last n.
         ``return_mtp`` adds the MTP logits of every depth (training)."""
-        hidden = self.backbone(input_ids, inputs_embeds, cache, attention_mask)
+        hidden = self.backbone(input_ids, inputs_embeds, cache)
         h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         logits = self.lm_head(h).float()
         mtp_logits = None
@@ -171,20 +151,19 @@ class HybridLM(nn.Module):
                 mtp_logits.append(self.lm_head(h_prev).float())
         return LMOutput(logits=logits, hidden=hidden, aux_loss=self.moe_aux_loss(), mtp_logits=mtp_logits)
 
-    def new_cache(self, batch: int, kv_capacity: int = 256) -> HybridCache:
-        """An empty inference cache on the model's device and dtype."""
-        w = self.backbone.embeddings.weight
-        return HybridCache.empty(self.config, batch, w.device, w.dtype, kv_capacity)
+    def new_cache(self, batch: int, capacity: int = 256) -> Cache:
+        """An empty inference cache of the main stack on the model's device and dtype."""
+        return self.backbone.new_cache(batch, capacity)
 
-    # ---- training helpers ----------------------------------------------------------------------
-    def new_mtp_cache(self, batch: int, kv_capacity: int = 256) -> HybridCache:
+    def new_mtp_cache(self, batch: int, capacity: int = 256) -> Cache:
         """An empty cache for one MTP depth."""
         w = self.backbone.embeddings.weight
-        return self.mtp.new_cache(batch, w.device, w.dtype, kv_capacity)
+        return Cache.empty(self.mtp.block(1), batch, capacity, w.device, w.dtype)
 
+    # ---- training helpers ----------------------------------------------------------------------
     def moe_layers(self) -> list[MoE]:
         layers = [*self.backbone.layers, *(self.mtp.layers if self.mtp is not None else [])]
-        return [layer.mixer for layer in layers if layer.kind == "E"]
+        return [layer.mixer for layer in layers if isinstance(layer.mixer, MoE)]
 
     def moe_aux_loss(self) -> torch.Tensor | None:
         losses = [m.aux_loss for m in self.moe_layers() if self.training and m.aux_loss is not None]
@@ -207,3 +186,16 @@ class HybridLM(nn.Module):
             else:
                 decay.append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def count_parameters(cfg: HybridConfig) -> dict[str, int]:
+    """Total and per-token active parameter counts, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = HybridLM(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    inactive = 0  # the routed experts a token of the main stack does not use (MTP layers count in full)
+    for m in (layer.mixer for layer in model.backbone.layers if isinstance(layer.mixer, MoE)):
+        per_expert = (m.experts.up_proj.numel() + m.experts.down_proj.numel()) // cfg.n_routed_experts
+        inactive += per_expert * (cfg.n_routed_experts - cfg.num_experts_per_tok)
+    return {"total": total, "active": total - inactive,
+            "attention_fraction": math.floor(1000 * cfg.pattern.count("*") / cfg.num_layers) / 1000}

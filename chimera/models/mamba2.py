@@ -1,17 +1,59 @@
-"""Mamba-2 mixer: in_proj -> causal depthwise conv + SiLU -> SSD -> gated grouped RMSNorm -> out_proj."""
+"""Mamba-2 mixer: in_proj -> causal depthwise conv + SiLU -> SSD -> gated grouped RMSNorm -> out_proj.
+
+The mixer owns its inference state (``MambaState``: the conv window and the SSM state, both of
+constant size) and both ways of running it: ``forward`` over a sequence (training, prefill, RL
+rollouts; the chunked scan) and ``step`` over a few tokens per row (decoding, speculative
+verification; the recurrence), whose state update can wait until the caller keeps a prefix.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chimera.models.cache import MambaState
 from chimera.models.config import HybridConfig
 from chimera.models.norm import GatedRMSNorm
 from chimera.models.ssd import ssd_chunked, ssd_recurrent
+
+
+@dataclass
+class MambaState:
+    """Conv window (b, conv_dim, kernel-1) and SSM state (b, h, p, n), the latter in fp32."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> MambaState:
+        return MambaState(self.conv.index_select(0, index), self.ssm.index_select(0, index))
+
+    def insert(self, rows: torch.Tensor, src: MambaState, n: int) -> None:
+        """Copy ``src``'s rows (one, broadcast, or one per row), the state after n positions, into ``rows``."""
+        self.conv.index_copy_(0, rows, src.conv.expand(len(rows), *src.conv.shape[1:]).to(self.conv.dtype))
+        self.ssm.index_copy_(0, rows, src.ssm.expand(len(rows), *src.ssm.shape[1:]))
+
+    def keep(self, window: torch.Tensor, history: torch.Tensor, m: torch.Tensor) -> None:
+        """After a recorded ``step`` of n tokens, keep each row's state after its first ``m`` (b,) tokens.
+        window (b, c, k-1+n) holds the conv inputs, history (n+1, b, h, p, s) every SSM state."""
+        b, c, k1 = self.conv.shape
+        taps = (m[:, None] + torch.arange(k1, device=m.device))[:, None, :].expand(b, c, k1)
+        self.conv.copy_(window.gather(-1, taps))
+        self.ssm.copy_(history.transpose(0, 1)[torch.arange(b, device=m.device), m])
+
+    def reserve(self, capacity: int) -> None:
+        """Constant size: nothing grows with context."""
+
+    def nbytes(self) -> dict[str, int]:
+        return {"mamba": self.conv.numel() * self.conv.element_size() + self.ssm.numel() * self.ssm.element_size()}
+
+    def clone(self) -> MambaState:
+        return MambaState(self.conv.clone(), self.ssm.clone())
+
+    def detach(self) -> MambaState:
+        return MambaState(self.conv.detach(), self.ssm.detach())
 
 
 class Mamba2Mixer(nn.Module):
@@ -54,8 +96,35 @@ class Mamba2Mixer(nn.Module):
                        + math.log(cfg.time_step_min)).clamp(min=cfg.time_step_floor)
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
+    def new_state(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> MambaState:
+        """Zero conv window and SSM state for ``batch`` rows (``capacity`` does not matter: constant size)."""
+        conv = torch.zeros(batch, self.conv_dim, self.cfg.conv_kernel - 1, dtype=dtype, device=device)
+        return MambaState(conv, torch.zeros(batch, self.h, self.p, self.n, dtype=torch.float32, device=device))
+
+    # ---- the maths shared by both modes --------------------------------------------------------
+    def _taps(self, window: torch.Tensor) -> torch.Tensor:
+        """The causal conv as k-tap dot products over a window (b, c, k-1+l) -> (b, c, l), before SiLU;
+        for a few positions far cheaper than a conv call."""
+        out = (window.unfold(-1, self.cfg.conv_kernel, 1) * self.conv1d.weight[:, 0][:, None, :]).sum(-1)
+        return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
+
+    def _ssm_inputs(self, xbc: torch.Tensor, dt: torch.Tensor):
+        """Post-conv x B C (b, l, c) and raw dt (b, l, h) -> x (b, l, h, p), dt, A, B, C (b, l, g, n)."""
+        b, l, _ = xbc.shape
+        x, B, C = xbc.split([self.d_inner, self.g * self.n, self.g * self.n], dim=-1)
+        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(min=self.cfg.time_step_min)  # (b, l, h)
+        A = -torch.exp(self.A_log.float())
+        return x.reshape(b, l, self.h, self.p), dt, A, B.view(b, l, self.g, self.n), C.view(b, l, self.g, self.n)
+
+    def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """SSM output y (b, l, h, p) + the D skip, gated norm with z, out_proj -> (b, l, d)."""
+        b, l = y.shape[:2]
+        y = (y + x.float() * self.D.float()[:, None]).reshape(b, l, self.d_inner)
+        return self.out_proj(self.norm(y, z).to(dtype))
+
+    # ---- sequence mode ------------------------------------------------------------------------
     def _conv(self, xbc: torch.Tensor, state: MambaState | None, reset: torch.Tensor | None = None) -> torch.Tensor:
-        """Causal depthwise conv over time. xbc (b, l, c) -> (b, l, c); updates state.conv.
+        """Causal depthwise conv + SiLU over time. xbc (b, l, c) -> (b, l, c); updates state.conv.
         With ``reset`` (b, l), a window never reaches back across the start of a sequence."""
         k = self.cfg.conv_kernel
         xt = xbc.transpose(1, 2)  # (b, c, l)
@@ -64,8 +133,6 @@ class Mamba2Mixer(nn.Module):
         else:
             window = torch.cat([state.conv.to(xt.dtype), xt], dim=-1)  # (b, c, k-1+l)
             state.conv = window[..., window.size(-1) - (k - 1):]
-            if state.record:
-                state.window = window
         if reset is not None:
             R = torch.cumsum(reset.long(), dim=1)  # (b, l) sequence index of each position
             Rw = F.pad(R, (k - 1, 0))  # positions before this call belong to sequence 0
@@ -76,51 +143,41 @@ class Mamba2Mixer(nn.Module):
                 out = out + self.conv1d.bias[:, None]
             if state is not None:  # the carried window must not hold inputs of a finished sequence
                 state.conv = state.conv * (Rw[:, Rw.size(1) - (k - 1):] == R[:, -1:]).to(xt.dtype)[:, None]
-            return F.silu(out).transpose(1, 2)
-        if xt.size(-1) <= self.SHORT:
-            # decoding / speculative verification: a k-tap dot product per channel and position is
-            # far cheaper than a conv call on a few positions
-            out = (window.unfold(-1, k, 1) * self.conv1d.weight[:, 0][:, None, :]).sum(-1)  # (b, c, l)
-            if self.conv1d.bias is not None:
-                out = out + self.conv1d.bias[:, None]
+        elif xt.size(-1) <= self.SHORT:
+            out = self._taps(window)
         else:
             out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)  # (b, c, l)
         return F.silu(out).transpose(1, 2)
 
     def forward(self, hidden: torch.Tensor, state: MambaState | None = None,
-                mask: torch.Tensor | None = None, reset: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden (b, l, d) -> (b, l, d). With ``state``, continue from it and update it in place.
-
-        ``mask`` (b, l) marks real tokens; masked (left-padding) positions feed nothing into the
-        conv window or the SSM state. ``reset`` (b, l) marks positions that start a new sequence
-        (an episode): conv windows and SSM state do not carry across them.
-        """
-        b, l, _ = hidden.shape
-        zxbcdt = self.in_proj(hidden)
-        z, xbc, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.h], dim=-1)
-        if mask is not None:
-            keep = mask[..., None].bool()
-            xbc = torch.where(keep, xbc, torch.zeros_like(xbc))
-        xbc = self._conv(xbc, state, reset)
-        if mask is not None:
-            xbc = torch.where(keep, xbc, torch.zeros_like(xbc))
-        x, B, C = xbc.split([self.d_inner, self.g * self.n, self.g * self.n], dim=-1)
-        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(min=self.cfg.time_step_min)  # (b, l, h)
-        A = -torch.exp(self.A_log.float())
-        x = x.reshape(b, l, self.h, self.p)
-        if state is not None and (l == 1 or state.record):
-            # step by step: decoding, or a speculative verify that must keep every position's state
-            y, state.ssm, history = ssd_recurrent(state.ssm, x, dt, A, B.view(b, l, self.g, self.n),
-                                                  C.view(b, l, self.g, self.n), reset, history=state.record)
-            if state.record:
-                state.ssm_history = history  # (l + 1, b, h, p, n)
+                reset: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (b, l, d) -> (b, l, d). With ``state``, continue from it and update it.
+        ``reset`` (b, l) marks positions that start a new sequence (an episode): conv windows and SSM
+        state do not carry across them."""
+        z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.h], dim=-1)
+        x, dt, A, B, C = self._ssm_inputs(self._conv(xbc, state, reset), dt)
+        if state is not None and hidden.size(1) == 1:
+            y, state.ssm, _ = ssd_recurrent(state.ssm, x, dt, A, B, C, reset)
         else:
-            init = None if state is None else state.ssm
-            y, final = ssd_chunked(x, dt, A, B.view(b, l, self.g, self.n), C.view(b, l, self.g, self.n),
-                                   self.cfg.chunk_size, init, reset)
+            y, final = ssd_chunked(x, dt, A, B, C, self.cfg.chunk_size, None if state is None else state.ssm, reset)
             if state is not None:
                 state.ssm = final
-        y = y + x.float() * self.D.float()[:, None]  # D skip
-        y = y.reshape(b, l, self.d_inner)
-        y = self.norm(y, z)
-        return self.out_proj(y.to(hidden.dtype))
+        return self._output(y, x, z, hidden.dtype)
+
+    # ---- step mode ----------------------------------------------------------------------------
+    def step(self, hidden: torch.Tensor, state: MambaState, ctx) -> torch.Tensor:
+        """n tokens per row from ``state`` by the recurrence; hidden (b, n, d) -> (b, n, d). With
+        ``ctx.records`` the state waits (window and every SSM state go there, for ``MambaState.keep``);
+        without, it is updated in place."""
+        n = hidden.size(1)
+        z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.h], dim=-1)
+        window = torch.cat([state.conv, xbc.transpose(1, 2).to(state.conv.dtype)], dim=-1)  # (b, c, k-1+n)
+        x, dt, A, B, C = self._ssm_inputs(F.silu(self._taps(window)).transpose(1, 2), dt)
+        recording = ctx.records is not None
+        y, final, history = ssd_recurrent(state.ssm, x, dt, A, B, C, history=recording)
+        if recording:
+            ctx.records.append((state, window, history))
+        else:
+            state.conv.copy_(window[..., n:])
+            state.ssm.copy_(final)
+        return self._output(y, x, z, hidden.dtype)

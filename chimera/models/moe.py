@@ -71,7 +71,6 @@ class Experts(nn.Module):
         ys = torch.cat(outs).float() * w.reshape(-1)[order, None].float()
         return torch.zeros(N, x.size(1), dtype=torch.float32, device=x.device).index_add_(0, token, ys)
 
-
     def _gathered(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Few tokens (decoding): gather each assignment's expert weights and run them as one batched
         matmul, with no data-dependent Python loop (so a compiled decode step stays one graph)."""
@@ -101,7 +100,16 @@ class MoE(nn.Module):
         self.register_buffer("expert_load", torch.zeros(cfg.n_routed_experts), persistent=False)
         self.aux_loss: torch.Tensor | None = None
 
-    def forward(self, hidden: torch.Tensor, gathered: bool = False) -> torch.Tensor:
+    def new_state(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> None:
+        """No inference state."""
+        return None
+
+    def step(self, hidden: torch.Tensor, state: None, ctx) -> torch.Tensor:
+        """A few tokens per row: the loop-free dispatch, so a compiled step stays one graph."""
+        return self.forward(hidden, gathered=True)
+
+    def forward(self, hidden: torch.Tensor, state: None = None, reset: torch.Tensor | None = None,
+                gathered: bool = False) -> torch.Tensor:
         b, l, d = hidden.shape
         x = hidden.reshape(-1, d)
         scores, w, idx = self.gate(x)

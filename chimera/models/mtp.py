@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from chimera.models.cache import HybridCache
+from chimera.models.block import Block
+from chimera.models.cache import Cache, StepContext
 from chimera.models.config import HybridConfig
 from chimera.models.norm import RMSNorm
 
@@ -24,8 +25,6 @@ from chimera.models.norm import RMSNorm
 class MTP(nn.Module):
     def __init__(self, cfg: HybridConfig):
         super().__init__()
-        from chimera.models.hybrid import Block
-
         self.cfg = cfg
         P = len(cfg.mtp_pattern)
         self.layers = nn.ModuleList(Block(cfg, c) for _ in range(cfg.mtp_num_blocks) for c in cfg.mtp_pattern)
@@ -42,19 +41,28 @@ class MTP(nn.Module):
         b = 0 if self.cfg.mtp_share_block else depth - 1
         return list(self.layers[b * P:(b + 1) * P])
 
-    def new_cache(self, batch: int, device, dtype, kv_capacity: int = 256) -> HybridCache:
-        return HybridCache.empty(self.cfg, batch, device, dtype, kv_capacity, pattern=self.cfg.mtp_pattern)
+    def _input(self, depth: int, h_prev: torch.Tensor, next_embeds: torch.Tensor) -> torch.Tensor:
+        first = self.block(depth)[0]
+        return first.eh_proj(torch.cat([first.enorm(next_embeds), first.hnorm(h_prev)], dim=-1))
 
     def forward(self, depth: int, h_prev: torch.Tensor, next_embeds: torch.Tensor,
-                cache: HybridCache | None = None) -> torch.Tensor:
-        """h_prev (b, l, d), next_embeds (b, l, d) -> h_depth (b, l, d), normalised."""
+                cache: Cache | None = None) -> torch.Tensor:
+        """h_prev (b, l, d), next_embeds (b, l, d) -> h_depth (b, l, d), normalised (sequence mode)."""
         layers = self.block(depth)
-        first = layers[0]
-        x = first.eh_proj(torch.cat([first.enorm(next_embeds), first.hnorm(h_prev)], dim=-1))
-        key_mask = None
+        x = self._input(depth, h_prev, next_embeds)
         if cache is not None:
-            cache.extend_mask(None, x.size(0), x.size(1), x.device)
-            key_mask = cache.key_mask
+            cache.begin_sequence(x.size(1))
         for j, layer in enumerate(layers):
-            x = layer(x, None if cache is None else cache.layers[j], None, key_mask)
+            x = layer(x, None if cache is None else cache.layers[j])
+        if cache is not None:
+            cache.end_sequence(x.size(1))
+        return layers[-1].final_layernorm(x)
+
+    def step(self, depth: int, h_prev: torch.Tensor, next_embeds: torch.Tensor, cache: Cache,
+             ctx: StepContext) -> torch.Tensor:
+        """The same for n tokens per row of ``cache`` at ``ctx.positions``; the caller advances the cache."""
+        layers = self.block(depth)
+        x = self._input(depth, h_prev, next_embeds)
+        for layer, state in zip(layers, cache.layers):
+            x = layer.step(x, state, ctx)
         return layers[-1].final_layernorm(x)

@@ -16,9 +16,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight.float() * xf).to(x.dtype)
+        return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).to(x.dtype)
 
 
 class GatedRMSNorm(nn.Module):
@@ -34,6 +32,5 @@ class GatedRMSNorm(nn.Module):
         dtype = x.dtype
         xf = x.float() * F.silu(z.float())
         *lead, d = xf.shape
-        xg = xf.view(*lead, d // self.group_size, self.group_size)
-        xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
+        xg = F.rms_norm(xf.view(*lead, d // self.group_size, self.group_size), (self.group_size,), eps=self.eps)
         return self.weight * xg.view(*lead, d).to(dtype)

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 
 
 def segsum(x: torch.Tensor) -> torch.Tensor:
-    """out[..., i, j] = sum(x[..., j+1 : i+1]) for i >= j, else -inf. Stable: cumsum of masked x."""
+    """out[..., i, j] = sum(x[..., j+1 : i+1]) for i >= j, else -inf; summed directly (a cumsum of masked
+    x), not as a difference of long running sums, which would lose precision."""
     T = x.size(-1)
     x = x[..., None].expand(*x.shape, T)  # (..., T, T): x[..., k, j] = x_k
     strict = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=-1)
-    x = x.masked_fill(~strict, 0.0)
-    out = torch.cumsum(x, dim=-2)
+    out = torch.cumsum(x.masked_fill(~strict, 0.0), dim=-2)
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=0)
     return out.masked_fill(~causal, float("-inf"))
 
@@ -45,56 +45,67 @@ def ssd_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked SSD scan. x (b,l,h,p), dt (b,l,h), A (h,), B/C (b,l,g,n) -> y (b,l,h,p), state (b,h,p,n).
 
-    ``reset`` (b, l) bool marks positions where a new sequence (episode) starts: the state carried
-    into such a position is dropped, exactly as if it had been zeroed there. Implemented by
-    masking every decay term whose span crosses a reset (positions compare their reset counts).
+    Inside the scan, tensors are laid out (b, g, r, c, L, .) with r = h / g heads per group of B / C
+    and c chunks of L positions, so every contraction is one batched matmul and the C.B scores are
+    computed once per group, not once per head. ``reset`` (b, l) bool marks positions where a new
+    sequence (episode) starts: the state carried into such a position is dropped, exactly as if it had
+    been zeroed there (every decay term whose span crosses a reset is masked: positions compare their
+    reset counts).
     """
     b, l, h, p = x.shape
-    x, dt, B, C = x.float(), dt.float(), B.float(), C.float()
-    B, C = _heads(B, h), _heads(C, h)  # (b, l, h, n)
+    g, n = B.size(2), B.size(3)
+    r = h // g
     pad = (-l) % chunk_size
     if pad:
         # Zero dt on padding: no decay and no input, so the final state is unchanged.
         x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
         dt = F.pad(dt, (0, 0, 0, pad))
     c, L = (l + pad) // chunk_size, chunk_size
-    xdt = (x * dt[..., None]).view(b, c, L, h, p)
-    B = B.view(b, c, L, h, -1)
-    C = C.view(b, c, L, h, -1)
-    Adt = (dt * A.float()).view(b, c, L, h).permute(0, 3, 1, 2)  # (b, h, c, L)
-    A_cs = torch.cumsum(Adt, dim=-1)
+    dt = dt.float()
+    xdt = (x.float() * dt[..., None]).view(b, c, L, g, r, p).permute(0, 3, 4, 1, 2, 5)  # (b, g, r, c, L, p)
+    Bg = B.float().view(b, c, L, g, n).permute(0, 3, 1, 2, 4)  # (b, g, c, L, n)
+    Cg = C.float().view(b, c, L, g, n).permute(0, 3, 1, 2, 4)
+    A_cs = torch.cumsum((dt * A.float()).view(b, c, L, g, r).permute(0, 3, 4, 1, 2), dim=-1)  # (b, g, r, c, L)
 
-    decay = torch.exp(segsum(Adt))  # (b, h, c, L, L)
-    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (b, h, c, L)
-    chunk_decay = torch.exp(segsum(F.pad(A_cs[..., -1], (1, 0))))  # (b, h, c+1, c+1)
-    decay_out = torch.exp(A_cs)  # (b, h, c, L)
+    # exp(sum of A dt over (j, i]) for j <= i inside a chunk, 0 above the diagonal (masked before exp)
+    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    diff = A_cs[..., :, None] - A_cs[..., None, :]  # (b, g, r, c, L, L)
+    decay_to_end = torch.exp(A_cs[..., -1:] - A_cs)  # (b, g, r, c, L)
+    decay_out = torch.exp(A_cs)  # (b, g, r, c, L): from each chunk's start to each position
+    # between[z, w] = sum of A dt over chunks w .. z-1 (-inf for w > z)
+    between = segsum(F.pad(A_cs[..., -1], (1, 0)))  # (b, g, r, c+1, c+1)
+    chunk_mask = torch.ones(c + 1, c + 1, dtype=torch.bool, device=x.device).tril()
     if reset is not None:
         rs = F.pad(reset.float(), (0, pad)).view(b, c, L)
         R = torch.cumsum(rs.view(b, -1), dim=1).view(b, c, L)  # resets up to and including each position
         R_start = R[..., :1] - rs[..., :1]  # resets before each chunk's first position
-        decay = decay * (R[..., :, None] == R[..., None, :])[:, None]
-        decay_to_end = decay_to_end * (R == R[..., -1:])[:, None]
-        decay_out = decay_out * (R == R_start)[:, None]
+        causal = causal & (R[..., :, None] == R[..., None, :])[:, None, None]
+        decay_to_end = decay_to_end * (R == R[..., -1:])[:, None, None]
+        decay_out = decay_out * (R == R_start)[:, None, None]
         crossed = F.pad((R[..., -1] > R_start[..., 0]).float(), (1, 0)).cumsum(1)  # (b, c+1)
-        chunk_decay = chunk_decay * (crossed[:, :, None] == crossed[:, None, :])[:, None]
+        chunk_mask = chunk_mask & (crossed[:, :, None] == crossed[:, None, :])[:, None, None]
+    decay = torch.exp(diff.masked_fill(~causal, float("-inf")))
 
     # 1. within each chunk: y_i = sum_{j<=i} (C_i . B_j) exp(sum A dt over (j, i]) x_j dt_j
-    scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * decay  # (b, h, c, L, L)
-    y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
+    scores = Cg @ Bg.transpose(-1, -2)  # (b, g, c, L, L), one per group
+    y = (scores[:, :, None] * decay) @ xdt  # (b, g, r, c, L, p)
 
-    # 2. each chunk's contribution to the state at its end
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_to_end, xdt)  # (b, c, h, p, n)
+    # 2. each chunk's contribution to the state at its end: (x dt decayed to the end)^T B
+    chunk_states = (xdt * decay_to_end[..., None]).transpose(-1, -2) @ Bg[:, :, None]  # (b, g, r, c, p, n)
 
     # 3. recurrence over chunk boundaries, starting from the initial state
     if initial_state is None:
-        initial_state = torch.zeros(b, h, p, B.size(-1), dtype=x.dtype, device=x.device)
-    states = torch.cat([initial_state.float()[:, None], chunk_states], dim=1)  # (b, c+1, h, p, n)
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
-    states, final_state = states[:, :-1], states[:, -1]
+        initial_state = torch.zeros(b, h, p, n, dtype=torch.float32, device=x.device)
+    init = initial_state.float().view(b, g, r, 1, p, n)
+    states = torch.cat([init, chunk_states], dim=3).flatten(-2)  # (b, g, r, c+1, p*n)
+    states = torch.exp(between.masked_fill(~chunk_mask, float("-inf"))) @ states  # state entering each chunk
+    states = states.view(b, g, r, c + 1, p, n)
+    states, final_state = states[:, :, :, :-1], states[:, :, :, -1]
 
     # 4. the state entering each chunk, read out by C and decayed to each position
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, decay_out)
-    return y.reshape(b, c * L, h, p)[:, :l], final_state
+    y = y + (Cg[:, :, None] @ states.transpose(-1, -2)) * decay_out[..., None]  # (b, g, r, c, L, p)
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, c * L, h, p)
+    return y[:, :l], final_state.reshape(b, h, p, n)
 
 
 def ssd_step(

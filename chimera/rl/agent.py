@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from chimera.envs.morphology import Morphology
-from chimera.models.cache import HybridCache, MambaState
 from chimera.models.config import HybridConfig
 from chimera.models.hybrid import HybridBackbone
 from chimera.rl.distributions import CategoricalLogits, DiagGaussian
@@ -174,7 +173,7 @@ class Agent(nn.Module):
         if self.cfg.core == "lstm":
             return (torch.zeros(1, n, self.cfg.hidden), torch.zeros(1, n, self.cfg.hidden))
         if self.cfg.core == "hybrid":
-            return HybridCache.empty(self.core_cfg, n)
+            return self.core.new_cache(n)
         return None
 
     @staticmethod
@@ -239,15 +238,3 @@ class Agent(nn.Module):
         h, _ = self.core_seq(x, state, starts)
         dist, value = self.heads[task](h.flatten(0, 1), self.critic_features(task, flat))
         return dist, value.view(T, n)
-
-
-def detach_state(state: Any) -> Any:
-    """Cut the graph through a carried state (rollouts run under no_grad; this is for safety)."""
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
-    if isinstance(state, HybridCache):
-        for s in state.layers:
-            if isinstance(s, MambaState):
-                s.conv, s.ssm = s.conv.detach(), s.ssm.detach()
-    return state
-

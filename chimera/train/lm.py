@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from chimera.config import to_dict
 from chimera.data.batching import IGNORE, TaskBatcher, parse_answer, prompt_tokens
-from chimera.generate import SamplingConfig, generate
+from chimera.inference import SamplingConfig, generate
 from chimera.models import HybridLM, get_config
 from chimera.models.config import SIZES
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
@@ -120,10 +120,7 @@ def evaluate(model: HybridLM, batcher: TaskBatcher, n: int, max_new_tokens: int 
     tok = batcher.tok
     items = batcher.held_out(n)
     prompts = [prompt_tokens(tok, ex.prompt, batcher.thinking) for _, ex in items]
-    outs = []
-    for i in range(0, len(prompts), 32):
-        outs += generate(model, prompts[i:i + 32], SamplingConfig(max_new_tokens=max_new_tokens,
-                                                                  stop_tokens=(tok.eos_id,)), pad_id=tok.pad_id)
+    outs = generate(model, prompts, SamplingConfig(max_new_tokens=max_new_tokens, stop_tokens=(tok.eos_id,)))
     correct: dict[str, list[bool]] = {}
     for (name, ex), out in zip(items, outs):
         task = next(t for t in batcher.tasks if t.name == name)

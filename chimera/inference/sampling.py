@@ -16,8 +16,10 @@ argmax: greedy speculative decoding is the same code.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,20 +51,11 @@ class Sampler:
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (..., vocab) -> log of ``probs`` (float32; -inf outside top-k / top-p, 0 / -inf when greedy)."""
-        logits = logits.float()
-        if self.greedy:
-            return F.one_hot(logits.argmax(-1), logits.size(-1)).float().log()
-        logits = logits / self.temperature
-        if self.top_k > 0:
-            kth = logits.topk(min(self.top_k, logits.size(-1)), dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if self.top_p < 1.0:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            probs = sorted_logits.softmax(-1)
-            # drop a token when the mass before it already reaches top_p (the top token always stays)
-            drop = probs.cumsum(-1) - probs >= self.top_p
-            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-        return logits.log_softmax(-1)
+        lead = logits.shape[:-1]
+        return log_probs(logits, torch.full(lead, self.temperature, device=logits.device),
+                         torch.full(lead, self.top_k, device=logits.device),
+                         torch.full(lead, self.top_p, device=logits.device),
+                         filtered=self.top_k > 0 or self.top_p < 1)
 
 
 GREEDY = Sampler()
@@ -97,6 +90,35 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor,
     # a rejection where p and q agree has probability 0; rounding aside, fall back to p's row
     row = torch.where(row.sum(-1, keepdim=True) > 0, row, p.gather(-2, at_a)[..., 0, :])
     return a, draw(row, u[..., D])
+
+
+def log_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+              filtered: bool = True) -> torch.Tensor:
+    """The distribution each row's token is drawn from, as log-probabilities in float32: logits (..., vocab)
+    and one sampler per row, temperature / top_k / top_p (...). A row at temperature 0 is one-hot on
+    its argmax; ``filtered=False`` skips the top-k / top-p sort (every row has top_k 0 and top_p 1)."""
+    logits = logits.float()
+    greedy = temperature == 0
+    scaled = logits / torch.where(greedy, 1.0, temperature)[..., None]
+    if filtered:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        k = torch.where(top_k > 0, top_k, logits.size(-1)).clamp(max=logits.size(-1))
+        kth = sorted_logits.gather(-1, (k - 1)[..., None])
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth, float("-inf"))  # top-k, ties kept
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the mass before it already reaches top_p (never at top_p = 1: float rounding
+        # can bring the running sum to 1 before the smallest tokens)
+        drop = (probs.cumsum(-1) - probs >= top_p[..., None]) & (top_p < 1)[..., None]
+        scaled = scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    one_hot = F.one_hot(logits.argmax(-1), logits.size(-1)).float().log()
+    return torch.where(greedy[..., None], one_hot, scaled.log_softmax(-1))
+
+
+def row_uniforms(seed: int, key: str, count: int) -> list[float]:
+    """The ``count`` float32 uniforms in [0, 1) one request draws its tokens at, from (seed, key): a row's
+    tokens do not depend on the other rows of its batch."""
+    rng = np.random.default_rng([seed % 2**63, zlib.crc32(key.encode())])
+    return rng.random(count, dtype=np.float32).tolist()
 
 
 class Uniforms:
