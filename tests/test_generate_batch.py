@@ -98,6 +98,11 @@ def test_finished_rows_leave_the_batch(model):
         engine.step()
         sizes.append(engine.decoder.rows)
     assert sizes[0] == 4 and sizes[-1] == 2 and [len(r.tokens) for r in reqs] == [2, 3, 30, 30]
+    engine = Engine(model, max_rows=4, capacity=64)
+    alone = [engine.submit(Request(PROMPTS[0], max_new_tokens=n)) for n in (2, 2, 2, 9)]
+    while not engine.idle:
+        engine.step()
+    assert engine.decoder.rows == 2 and alone[3].tokens == reqs[2].tokens[:9]  # never a batch of 1
     assert reqs[2].tokens == reqs[3].tokens == full_forward_greedy(model, PROMPTS[0], 30)
 
 

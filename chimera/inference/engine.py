@@ -214,10 +214,13 @@ class Engine:
             bias=bias, filtered=any(s.top_k > 0 or s.top_p < 1 for s in samplers))
 
     def _compact(self) -> None:
-        """With nothing waiting and at most half the rows busy, keep only the busy rows."""
+        """With nothing waiting and at most half the rows busy, keep only the busy rows (at least two, so
+        that a compiled step never needs a graph for batch 1 that it did not start with)."""
         busy = [i for i, r in enumerate(self.rows) if r is not None]
-        if self.waiting or not busy or len(busy) > len(self.rows) // 2:
+        if self.waiting or not busy or len(busy) > len(self.rows) // 2 or len(self.rows) <= 2:
             return
+        if len(busy) == 1:
+            busy.append(next(i for i, r in enumerate(self.rows) if r is None))
         self.decoder.select(torch.tensor(busy, device=self.decoder.device))
         self.rows = [self.rows[i] for i in busy]
         self.next_tokens = self.next_tokens[busy]
