@@ -189,6 +189,8 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
             scalers[t].load_state_dict(sd)
         start_it, global_step = ckpt["step"], ckpt["global_step"]
         log(f"resumed {run.path} at iteration {start_it} ({global_step} steps); episodes restart")
+    elif resume:
+        log(f"no loadable checkpoint in {run.path}; starting from iteration 0")
     if resume:
         run.truncate_metrics(global_step)
     log(f"run {run.path}: {cfg.ppo.algo} on {', '.join(cfg.tasks)} ({n} envs each), core {cfg.agent.core} "
