@@ -94,8 +94,20 @@ class TrainRLConfig:
     run: RLRunConfig = field(default_factory=RLRunConfig)
 
     def validate(self) -> None:
+        """Raise ValueError naming the first setting that cannot train."""
         if not self.tasks:
             raise ValueError("tasks is empty; give at least one environment id (chimera envs lists them)")
+        for name, v in (("num_envs", self.num_envs), ("total_steps", self.total_steps),
+                        ("ppo.num_steps", self.ppo.num_steps), ("ppo.minibatches", self.ppo.minibatches),
+                        ("ppo.epochs", self.ppo.epochs), ("ppo.espo_max_epochs", self.ppo.espo_max_epochs),
+                        ("agent.hidden", self.agent.hidden)):
+            if v <= 0:
+                raise ValueError(f"{name}={v} must be a positive integer")
+        if not 0 < self.ppo.lr < math.inf:
+            raise ValueError(f"ppo.lr={self.ppo.lr} must be a positive finite number")
+        for name, v in (("ppo.gamma", self.ppo.gamma), ("ppo.gae_lambda", self.ppo.gae_lambda)):
+            if not 0 <= v <= 1:
+                raise ValueError(f"{name}={v} must lie in [0, 1]")
         if self.num_envs % self.ppo.minibatches:
             raise ValueError(f"num_envs={self.num_envs} is not divisible by ppo.minibatches={self.ppo.minibatches}")
         for t in self.tasks:
