@@ -108,8 +108,11 @@ def load_preset(cls: type[T], path: str | Path) -> T:
         raise ConfigError(f"preset {path} does not exist (presets live in configs/)")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"preset {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {path} holds a JSON {type(data).__name__}; expected an object of "
+                          f"{cls.__name__} fields")
     try:
         return from_dict(cls, data)
     except ConfigError as e:

@@ -9,7 +9,13 @@ Layout::
         plots/              PNGs written by `chimera report` and at the end of training
 
 A checkpoint is written to a temporary file, flushed to disk and renamed, so a process killed
-while writing leaves the previous checkpoint intact and `latest` pointing at it.
+while writing leaves the previous checkpoint intact and `latest` pointing at it. Checkpoints hold
+tensors, dicts, lists, tuples, strings and numbers only, and are read with
+``torch.load(weights_only=True)``: a run directory someone sent you cannot run code when it is
+resumed or evaluated, and a file that would need more is refused with an error saying what it
+needs. Resuming never destroys what it cannot read: unreadable checkpoints are moved to
+``checkpoints/unreadable/``, and a run none of whose checkpoints can be read is refused unless
+``restart_if_unreadable`` asks to train it again from step 0.
 """
 
 from __future__ import annotations
@@ -41,20 +47,41 @@ class RunSettings:
     """Write PNG plots of the logged metrics at the end of the run."""
     threads: int = 0
     """torch CPU threads (0: leave torch's default)."""
+    restart_if_unreadable: bool = False
+    """With --resume: when none of the run's checkpoints can be read, train it again from step 0 (the
+    unreadable files are moved to checkpoints/unreadable/) instead of refusing."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or a run's set of them) that cannot be used; the message says why and what to do."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that a weights-only load refuses: unpickling it would call code outside the allow-list."""
 
 
 def rng_state() -> dict[str, Any]:
-    """The state of every random generator a run uses."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The state of every random generator a run uses, as tensors, tuples and numbers (weights-only loadable)."""
+    np_state = np.random.get_state(legacy=False)  # MT19937: key (624,) uint32, pos, cached Gaussian
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"bit_generator": np_state["bit_generator"],
+                      "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                      "gauss": float(np_state["gauss"])}}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    npst = state["numpy"]
+    np.random.set_state({"bit_generator": npst["bit_generator"], "has_gauss": npst["has_gauss"],
+                         "gauss": npst["gauss"],
+                         "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": npst["pos"]}})
     torch.set_rng_state(state["torch"])
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -67,6 +94,33 @@ def _atomic_write_bytes(dest: Path, write) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, dest)
+
+
+_LEAVES = (torch.Tensor, str, bytes, int, float, bool, type(None), torch.dtype, torch.device)
+
+
+def check_loadable(state: Any, where: str = "state") -> None:
+    """Raise TypeError naming the first value a weights-only load would refuse (numpy arrays, objects)."""
+    if isinstance(state, dict):
+        for k, v in state.items():
+            if not isinstance(k, str | int):
+                raise TypeError(f"checkpoint {where} has a key {k!r} of type {type(k).__name__}; use str or int keys")
+            check_loadable(v, f"{where}.{k}")
+    elif isinstance(state, list | tuple):
+        for i, v in enumerate(state):
+            check_loadable(v, f"{where}[{i}]")
+    elif not isinstance(state, _LEAVES):
+        raise TypeError(f"checkpoint {where} is a {type(state).__module__}.{type(state).__qualname__}, which a "
+                        f"weights-only load refuses; store tensors, dicts, lists, strings and numbers "
+                        f"(e.g. torch.from_numpy(array), or .tolist())")
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals a checkpoint's pickle names outside torch's weights-only allow-list ([] if none or unreadable)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint, or truncated: then it is unreadable, not unsafe
+        return []
 
 
 class CheckpointManager:
@@ -82,6 +136,7 @@ class CheckpointManager:
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Write ``state`` (plus the step) for ``step`` atomically and point ``latest`` at it."""
+        check_loadable(state)
         path = self.path_for(step)
         _atomic_write_bytes(path, lambda f: torch.save({**state, "step": step}, f))
         _atomic_write_bytes(self.folder / "latest", lambda f: f.write(path.name.encode()))
@@ -92,8 +147,28 @@ class CheckpointManager:
     def list(self) -> list[Path]:
         return sorted(self.folder.glob("step_*.pt"))
 
-    def load_latest(self, map_location: str = "cpu") -> dict[str, Any] | None:
-        """The newest checkpoint that loads; a corrupt or missing newest one falls back to older ones."""
+    def load(self, path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+        """One checkpoint, read without running code from it (``torch.load(weights_only=True)``).
+
+        Raises UnsafeCheckpointError for a file that needs more than tensors and plain containers,
+        CheckpointError for one that is truncated or corrupt."""
+        path = Path(path)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # a truncated file raises from deep inside the unpickler
+            unsafe = _unsafe_globals(path)
+            if unsafe:
+                raise UnsafeCheckpointError(
+                    f"refused to load {path}: it needs {', '.join(unsafe)}, which a weights-only load does not "
+                    f"allow (unpickling them can run code). Chimera's checkpoints hold tensors, dicts, lists and "
+                    f"numbers only, so this file was written by something else or by an older chimera; if you "
+                    f"trust its source, load it with torch.load(path, weights_only=False) and save its tensors "
+                    f"again") from None
+            reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
+            raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {reason})") from e
+
+    def _candidates(self) -> list[Path]:
+        """Checkpoint files, oldest first, with the one ``latest`` names last."""
         candidates = self.list()
         pointer = self.folder / "latest"
         if pointer.exists():
@@ -101,12 +176,39 @@ class CheckpointManager:
             if named in candidates:
                 candidates.remove(named)
                 candidates.append(named)
-        for path in reversed(candidates):
+        return candidates
+
+    def load_newest(self, map_location: str = "cpu") -> tuple[dict[str, Any] | None, list[tuple[Path, str]]]:
+        """The newest checkpoint that loads (None if none does), and the newer ones that could not be read
+        with the reason. An unsafe checkpoint raises UnsafeCheckpointError: it is never skipped silently."""
+        unreadable = []
+        for path in reversed(self._candidates()):
             try:
-                return torch.load(path, map_location=map_location, weights_only=False)
-            except Exception as e:  # a truncated file raises from deep inside the unpickler
-                print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying an older one")
-        return None
+                return self.load(path, map_location), unreadable
+            except UnsafeCheckpointError:
+                raise
+            except CheckpointError as e:
+                unreadable.append((path, str(e)))
+        return None, unreadable
+
+    def load_latest(self, map_location: str = "cpu") -> dict[str, Any] | None:
+        """The newest checkpoint that loads; a corrupt or missing newest one falls back to older ones."""
+        state, unreadable = self.load_newest(map_location)
+        for _, why in unreadable:
+            print(f"warning: checkpoint {why}; trying an older one")
+        return state
+
+    def set_aside(self, paths: list[Path]) -> Path:
+        """Move unreadable checkpoints to ``unreadable/`` (where saving and rotation never touch them)."""
+        dest = self.folder / "unreadable"
+        dest.mkdir(exist_ok=True)
+        for path in paths:
+            target, n = dest / path.name, 1
+            while target.exists():
+                n += 1
+                target = dest / f"{path.stem}.{n}{path.suffix}"
+            os.replace(path, target)
+        return dest
 
 
 class Run:
@@ -141,12 +243,28 @@ class Run:
     @classmethod
     def start(cls, settings: RunSettings, config: dict[str, Any],
               resume: str | Path | None = None) -> tuple[Run, dict[str, Any] | None]:
-        """A new run folder, or the one to resume with its latest loadable checkpoint (None if it has none)."""
+        """A new run folder, or the one to resume with its latest loadable checkpoint (None if it has none).
+
+        Checkpoints newer than the one resumed from that cannot be read are moved to
+        ``checkpoints/unreadable/``. When the run has checkpoints and none can be read, CheckpointError
+        is raised and nothing is changed, unless ``settings.restart_if_unreadable``."""
         kw = dict(keep_checkpoints=settings.keep_checkpoints, tensorboard=settings.tensorboard)
-        if resume:
-            run = cls.open(resume, **kw)
-            return run, run.checkpoints.load_latest()
-        return cls.create(settings.out_dir, settings.name, config, **kw), None
+        if not resume:
+            return cls.create(settings.out_dir, settings.name, config, **kw), None
+        run = cls.open(resume, **kw)
+        state, unreadable = run.checkpoints.load_newest()
+        if state is None and unreadable and not settings.restart_if_unreadable:
+            reasons = "\n".join(f"  {why}" for _, why in unreadable)
+            raise CheckpointError(
+                f"cannot resume {run.path}: none of its {len(unreadable)} checkpoint(s) can be read:\n{reasons}\n"
+                f"Nothing was changed. To train this run again from step 0 (keeping the unreadable files in "
+                f"{run.checkpoints.folder / 'unreadable'}), add --run.restart-if-unreadable; or start a new run "
+                f"without --resume.")
+        if unreadable:
+            dest = run.checkpoints.set_aside([p for p, _ in unreadable])
+            print(f"warning: moved {len(unreadable)} unreadable checkpoint(s) of {run.path} to {dest}: "
+                  + "; ".join(why for _, why in unreadable))
+        return run, state
 
     @classmethod
     def open(cls, path: str | Path, **kw: Any) -> Run:

@@ -68,6 +68,8 @@ class ByteTokenizer:
         out, buf = [], bytearray()
         for i in ids:
             i = int(i)
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"token id {i} is outside the byte tokenizer's vocabulary [0, {self.vocab_size})")
             if i >= BYTE_OFFSET:
                 buf.append(i - BYTE_OFFSET)
                 continue
@@ -121,9 +123,18 @@ class HFTokenizer:
         except ImportError as e:
             raise ImportError("loading tokenizer.json needs the `tokenizers` package: pip install tokenizers") from e
         path = Path(path)
-        self.tk = Tokenizer.from_file(str(path / "tokenizer.json" if path.is_dir() else path))
+        file = path / "tokenizer.json" if path.is_dir() else path
+        try:
+            self.tk = Tokenizer.from_file(str(file))
+        except Exception as e:  # tokenizers raises a bare Exception for malformed JSON or models
+            raise ValueError(f"{file} is not a valid tokenizer.json ({e})") from e
         cfg_path = (path if path.is_dir() else path.parent) / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        try:
+            cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{cfg_path} is not valid JSON ({e})") from e
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{cfg_path} holds a JSON {type(cfg).__name__}; expected an object")
         self.bos, self.eos = _token_str(cfg.get("bos_token"), "<s>"), _token_str(cfg.get("eos_token"), "</s>")
         self.pad = _token_str(cfg.get("pad_token"), self.eos)
 
@@ -166,8 +177,11 @@ class HFTokenizer:
 
 
 def _token_str(tok, default: str) -> str:
+    """A special token from tokenizer_config.json: a string, or an AddedToken dict with its content."""
     if isinstance(tok, dict):
-        return tok.get("content", default)
+        tok = tok.get("content", default)
+    if tok is not None and not isinstance(tok, str):
+        raise ValueError(f"tokenizer_config.json: special token {tok!r} is not a string")
     return tok or default
 
 

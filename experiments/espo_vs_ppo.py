@@ -1,6 +1,10 @@
 """ESPO vs PPO-clip, several seeds: learning curves, final returns, and the mean |ratio - 1| per
 iteration (the drift ESPO watches).
 
+ESPO measures the drift after every gradient step (on the next minibatch) and stops the
+iteration's epochs at the first step past delta; ``grad_steps`` records how many steps each
+iteration took.
+
 Classic control uses CleanRL's setting (MLP, 4 envs x 128 steps, 4 epochs of 4 minibatches, lr
 2.5e-4 annealed); ``--setting zoo`` uses RL-Zoo's PPO setting tuned for CartPole instead (8 envs x 32
 steps, 20 epochs of one 256-step minibatch, lr 1e-3 annealed, gamma 0.98, GAE 0.8, no entropy
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,14 @@ from chimera.rl.train import PPOConfig, RLRunConfig, TrainRLConfig, train_rl
 from chimera.runs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    """The commit the results were produced at (with '+dirty' when the tree had changes)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "chimera") else "")
 
 
 def config(task: str, algo: str, seed: int, a: argparse.Namespace) -> TrainRLConfig:
@@ -75,19 +89,21 @@ def main() -> None:
                     "final_return": curve[-1][1] if curve else float("nan"),
                     "first_step_mean_return_ge_475": first_475,
                     "ratio_dev_mean": [r["losses/ratio_dev_mean"] for r in rows],
-                    "epochs_used": [r["losses/epochs_used"] for r in rows]})
+                    "epochs_used": [r["losses/epochs_used"] for r in rows],
+                    "grad_steps": [r["losses/grad_steps"] for r in rows]})
                 print(f"{task} {algo} seed {seed}: final mean return {results[task][algo][-1]['final_return']:.1f}"
                       f" (>=475 first at {first_475})", flush=True)
     summary = {task: {algo: {"final_return_mean": float(np.mean([r["final_return"] for r in runs])),
                              "final_return_std": float(np.std([r["final_return"] for r in runs])),
                              "mean_ratio_dev": float(np.mean([np.mean(r["ratio_dev_mean"]) for r in runs])),
                              "mean_epochs_used": float(np.mean([np.mean(r["epochs_used"]) for r in runs])),
+                             "mean_grad_steps": float(np.mean([np.mean(r["grad_steps"]) for r in runs])),
                              "seeds_reaching_475": sum(r["first_step_mean_return_ge_475"] is not None for r in runs)}
                       for algo, runs in algos.items()} for task, algos in results.items()}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"steps": a.steps, "core": a.core, "setting": a.setting, "summary": summary,
-                               "runs": results}, indent=1) + "\n")
+    out.write_text(json.dumps({"steps": a.steps, "core": a.core, "setting": a.setting, "commit": git_commit(),
+                               "command": " ".join(sys.argv), "summary": summary, "runs": results}, indent=1) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")

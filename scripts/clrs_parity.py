@@ -3,8 +3,8 @@
 Not part of the test suite: the official package (dm-clrs) drags TensorFlow and JAX, so it lives
 in a scratch environment. Run it there with this repository on the path, e.g.
 
-    python -m venv /tmp/clrs_venv && /tmp/clrs_venv/bin/pip install dm-clrs
-    PYTHONPATH=. /tmp/clrs_venv/bin/python scripts/clrs_parity.py --samples 200
+    python -m venv /work/scratch/clrs-venv && /work/scratch/clrs-venv/bin/pip install dm-clrs
+    PYTHONPATH=. /work/scratch/clrs-venv/bin/python scripts/clrs_parity.py --samples 200
 
 For every algorithm both implementations run on the same random inputs (several sizes, ties
 included); the spec tables, results, and every probe's type, shape, dtype kind and values must
@@ -14,7 +14,10 @@ match exactly. Writes results/clrs_parity.json.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +122,9 @@ def main() -> None:
 
     same_specs = {k: dict(official_specs.SPECS[k]) for k in official_specs.CLRS_30_ALGS} == \
         {k: dict(v) for k, v in ours_specs.SPECS.items()}
-    report = {"spec_table_equal": same_specs, "algorithms": {}}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    report = {"command": " ".join(sys.argv), "commit": commit.stdout.strip(),
+              "dm_clrs": importlib.metadata.version("dm-clrs"), "spec_table_equal": same_specs, "algorithms": {}}
     rng = np.random.default_rng(0)
     for name, ours in ALGORITHMS.items():
         if a.only and name not in a.only:

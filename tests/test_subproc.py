@@ -1,6 +1,8 @@
 """The subprocess vector env: same episodes as the in-process one, and crashed / hung workers restarted."""
 
+import multiprocessing
 import os
+import signal
 import time
 
 import gymnasium as gym
@@ -96,8 +98,59 @@ def test_failed_worker_is_restarted_and_its_episodes_truncated(tmp_path, mode, m
         assert not np.array_equal(before[2:], obs[2:])  # with fresh seeds
         obs, rew, term, trunc, _ = venv.step(np.zeros(4, dtype=np.int64))  # training goes on
         assert list(obs[:, 0]) == [4, 4, 1, 1] and not trunc.any() and venv.restarts == 1
+        # the two cut episodes enter the statistics with the return and length they had reached
+        assert venv.stats.returns == [2.0, 2.0] and venv.stats.lengths == [2, 2]
     finally:
         venv.close()
+
+
+def test_worker_killed_between_steps_is_restarted():
+    logs = []
+    venv = SubprocVectorEnv(lambda: gym.make("CartPole-v1"), 4, seed=0, workers=2, log=logs.append)
+    try:
+        for _ in range(3):
+            venv.step(np.zeros(4, dtype=np.int64))
+        proc = venv._procs[0]
+        os.kill(proc.pid, signal.SIGKILL)  # the worker is idle, waiting for the next step's actions
+        proc.join(5)
+        _, rew, term, trunc, finals = venv.step(np.zeros(4, dtype=np.int64))
+        assert venv.restarts == 1 and "worker 0 (envs 0-1) crash" in logs[0] and not term.any()
+        assert list(trunc) == [True, True, False, False] and list(rew) == [0.0, 0.0, 1.0, 1.0]
+        assert venv.stats.returns == [3.0, 3.0] and venv.stats.lengths == [3, 3]  # the cut episodes
+        assert finals[0] is not None and finals[2] is None
+        _, rew, *_ = venv.step(np.zeros(4, dtype=np.int64))
+        assert list(rew) == [1.0] * 4 and venv.restarts == 1
+    finally:
+        venv.close()
+
+
+class BrokenAfterRestartEnv(gym.Env):
+    """Builds in the parent and in the first workers; a worker forked after FAIL_BUILD is set cannot build it."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self):
+        if os.environ.get("FAIL_BUILD") and multiprocessing.parent_process() is not None:
+            raise RuntimeError("level file vanished")
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+def test_restart_that_fails_to_start_counts_and_max_restarts_ends_it(monkeypatch):
+    logs = []
+    venv = SubprocVectorEnv(BrokenAfterRestartEnv, 2, seed=0, workers=1, max_restarts=3, log=logs.append)
+    monkeypatch.setenv("FAIL_BUILD", "1")
+    os.kill(venv._procs[0].pid, signal.SIGKILL)
+    venv._procs[0].join(5)
+    with pytest.raises(RuntimeError, match=r"restarted 4 times \(max_restarts=3\).*level file vanished"):
+        venv.step(np.zeros(2, dtype=np.int64))
+    assert venv.restarts == 4 and len(logs) == 4
+    assert all("failed to start after a restart" in line for line in logs[1:])
 
 
 def test_worker_that_cannot_build_its_env_fails_clearly():

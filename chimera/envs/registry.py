@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,30 @@ def _nle_env(gym_id: str, kwargs: dict[str, Any]) -> gym.Env:
     return env_cls(**{**spec.kwargs, **kwargs})
 
 
+_DES_LEVEL = re.compile(r"^\s*(MAZE|LEVEL)\s*:", re.MULTILINE)
+
+
+def _des_text(des: Any) -> str:
+    """The des-file text of ``des_file=``: a des-file string, a path to one, or a MiniHack LevelGenerator."""
+    what = "minihack/Custom needs des_file= (a des-file string, a path to a .des file, or a LevelGenerator)"
+    if des is None:
+        raise ValueError(what)
+    if hasattr(des, "get_des"):
+        des = des.get_des()
+    elif isinstance(des, Path) or (isinstance(des, str) and "\n" not in des):
+        if not Path(des).is_file():
+            raise ValueError(f"des_file {str(des)!r} is not a file (and, one line long, not a des-file); {what}")
+        try:
+            des = Path(des).read_text()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"des_file {str(des)!r} is not a text file ({e})") from e
+    if not isinstance(des, str):
+        raise TypeError(f"des_file is a {type(des).__name__}; {what}")
+    if not _DES_LEVEL.search(des):  # NetHack would build some default level instead of failing
+        raise ValueError("des_file declares no level: a des-file starts with a MAZE: or LEVEL: line")
+    return des
+
+
 def make(env_id: str, **kwargs: Any) -> gym.Env:
     """A gymnasium env for a chimera id (see module docstring). NLE families accept
     ``max_episode_steps``, ``observation_keys`` and ``crop_size`` (an egocentric glyph crop)."""
@@ -118,13 +143,7 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
     crop = kwargs.pop("crop_size", 0)
     kwargs.setdefault("observation_keys", NLE_DEFAULT_KEYS)
     if family == "minihack" and name == "Custom":
-        des = kwargs.pop("des_file", None)
-        if des is None:
-            raise ValueError("minihack/Custom needs des_file= (a des-file string, a path, or a LevelGenerator)")
-        if hasattr(des, "get_des"):
-            des = des.get_des()
-        elif isinstance(des, Path) or (isinstance(des, str) and "\n" not in des and Path(des).exists()):
-            des = Path(des).read_text()
+        des = _des_text(kwargs.pop("des_file", None))
         with capture_fds() as out:
             env = _nle_env("MiniHack-Navigation-Custom-v0", {**kwargs, "des_file": des})
         check_des_output(out[0], des)

@@ -1,11 +1,14 @@
 """Environments stepped in worker processes, observations passed through shared memory.
 
 Each worker owns a contiguous slice of the n envs and writes their observations, rewards and
-end flags straight into shared arrays; the pipe carries only the actions and finished-episode
-statistics. A worker that dies (segfault, exception, OOM kill) or does not answer within
-``timeout`` seconds is killed and started again with fresh seeds: its envs' current episodes
-are reported as truncated (final observation = the last one the learner saw, reward 0), the event
-is logged through ``log`` and counted in ``restarts``, and training goes on.
+end flags straight into shared arrays; the pipe carries only the actions and the success flags
+of finished episodes (returns and lengths are summed here, from the shared rewards). A worker
+that dies (segfault, exception, OOM kill; during a step or between steps) or does not answer
+within ``timeout`` seconds is killed and started again with fresh seeds: its envs' current
+episodes are reported as truncated (final observation = the last one the learner saw, reward 0)
+and enter the episode statistics with the return and length they had reached, the event is
+logged through ``log`` and counted in ``restarts`` (a restarted worker that fails to start counts
+as one more), and training goes on until ``max_restarts``.
 
 Same interface as ``InProcessVectorEnv``: ``obs``, ``step(actions)``, ``stats``, ``close()``.
 """
@@ -77,8 +80,6 @@ def _worker(conn: Connection, make_blob: bytes, shared: _Shared, indices: list[i
         make_env = cloudpickle.loads(make_blob)
         envs = [make_env() for _ in indices]
         rngs = [np.random.default_rng(s) for s in seeds]
-        ret = np.zeros(len(indices))
-        length = np.zeros(len(indices), dtype=np.int64)
         for j, (i, env) in enumerate(zip(indices, envs)):
             shared.write("obs", i, env.reset(seed=seeds[j])[0])
         conn.send(("ready", None))
@@ -86,22 +87,19 @@ def _worker(conn: Connection, make_blob: bytes, shared: _Shared, indices: list[i
             cmd, actions = conn.recv()
             if cmd == "close":
                 break
-            episodes = []
+            successes = {}  # env index -> success of the episode that ended at this step
             for j, (i, env) in enumerate(zip(indices, envs)):
                 o, r, te, tr, info = env.step(actions[j])
-                ret[j] += r
-                length[j] += 1
                 shared.v[("obs", "_rew")][i] = r
                 shared.v[("obs", "_term")][i] = te
                 shared.v[("obs", "_trunc")][i] = tr
                 shared.v[("obs", "_final")][i] = te or tr
                 if te or tr:
-                    episodes.append((float(ret[j]), int(length[j]), episode_success(info, te, r)))
-                    ret[j], length[j] = 0.0, 0
+                    successes[i] = episode_success(info, te, r)
                     shared.write("fin", i, o)
                     o, _ = env.reset(seed=int(rngs[j].integers(0, 2**31 - 1)))
                 shared.write("obs", i, o)
-            conn.send(("ok", episodes))
+            conn.send(("ok", successes))
         for env in envs:
             env.close()
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
@@ -130,6 +128,9 @@ class SubprocVectorEnv:
         self._rng = np.random.default_rng(seed)
         self.stats = EpisodeStats()
         self.restarts = 0
+        self._ret = np.zeros(n)  # the running episode's return and length per env
+        self._len = np.zeros(n, dtype=np.int64)
+        self._scored = False  # whether this env reports success (then a cut episode counts as a failure)
         self._procs: list[Any] = [None] * workers
         self._conns: list[Any] = [None] * workers
         for w in range(workers):
@@ -173,17 +174,24 @@ class SubprocVectorEnv:
         self._conns[w].close()
 
     def _restart(self, w: int, kind: str, detail: str) -> None:
-        self.restarts += 1
+        """Start worker ``w`` again with fresh seeds; each attempt counts, up to ``max_restarts`` in all."""
         envs = self._slices[w]
-        self.log(f"vector env: worker {w} (envs {envs[0]}-{envs[-1]}) {kind}: {detail.strip().splitlines()[-1]}; "
-                 f"restarting it, its episodes end as truncated (restart {self.restarts})")
-        if self.restarts > self.max_restarts:
-            self.close()
-            raise RuntimeError(f"vector env workers restarted {self.restarts} times (max_restarts="
-                               f"{self.max_restarts}); the environment keeps failing: {detail}")
-        self._stop(w)
-        self._start(w, [int(self._rng.integers(0, 2**31 - 1)) for _ in envs])
-        self._await_ready(w)
+        while True:
+            self.restarts += 1
+            self.log(f"vector env: worker {w} (envs {envs[0]}-{envs[-1]}) {kind}: "
+                     f"{detail.strip().splitlines()[-1]}; restarting it, its episodes end as truncated "
+                     f"(restart {self.restarts})")
+            if self.restarts > self.max_restarts:
+                self.close()
+                raise RuntimeError(f"vector env workers restarted {self.restarts} times (max_restarts="
+                                   f"{self.max_restarts}); the environment keeps failing: "
+                                   f"{detail.strip().splitlines()[-1]}\n{detail}")
+            self._stop(w)
+            self._start(w, [int(self._rng.integers(0, 2**31 - 1)) for _ in envs])
+            kind, detail = self._receive(w)
+            if kind == "ready":
+                return
+            kind = f"failed to start after a restart ({kind})"
 
     # ---- stepping -----------------------------------------------------------------------------------------
     def step(self, actions: np.ndarray):
@@ -191,32 +199,50 @@ class SubprocVectorEnv:
         actions = np.asarray(actions)
         sv = self._shared.v
         sv[("obs", "_final")][:] = False
+        failed: dict[int, tuple[str, str]] = {}
         for w, idx in enumerate(self._slices):
-            self._conns[w].send(("step", actions[idx]))
-        failed = []
+            try:
+                self._conns[w].send(("step", actions[idx]))
+            except (BrokenPipeError, ConnectionResetError, OSError):  # it died since the last step
+                self._procs[w].join(1.0)
+                failed[w] = ("crash", f"process exited between steps (exit code {self._procs[w].exitcode})")
+        successes: dict[int, float] = {}
         for w in range(len(self._slices)):
+            if w in failed:
+                continue
             kind, payload = self._receive(w)
             if kind == "ok":
-                for r, length, s in payload:
-                    self.stats.returns.append(r)
-                    self.stats.lengths.append(length)
-                    self.stats.successes.append(s)
+                successes.update(payload)
             else:
-                failed.append((w, kind, payload))
+                failed[w] = (kind, payload)
         rew, term = sv[("obs", "_rew")].astype(np.float64), sv[("obs", "_term")].copy()
         trunc, ended = sv[("obs", "_trunc")].copy(), sv[("obs", "_final")].copy()
+        cut = np.zeros(self.n, dtype=bool)  # envs of failed workers: their step did not happen
+        for w in failed:
+            cut[self._slices[w]] = True
+        rew[cut], term[cut], trunc[cut], ended[cut] = 0.0, False, True, False
+        self._ret[~cut] += rew[~cut]
+        self._len[~cut] += 1
         finals: list[Any] = [None] * self.n
-        for i in np.flatnonzero(ended):
-            finals[i] = self._shared.read("fin", i)
-        for w, kind, detail in failed:
-            idx = self._slices[w]
-            for i in idx:  # the episode is cut where the learner last saw it
+        for i in range(self.n):
+            if ended[i]:
+                finals[i] = self._shared.read("fin", i)
+                self._end_episode(i, successes[i])
+            elif cut[i]:  # the episode is cut where the learner last saw it
                 finals[i] = {k: v[i].copy() for k, v in self.obs.items()} if isinstance(self.obs, dict) \
                     else self.obs[i].copy()
-            rew[idx], term[idx], trunc[idx] = 0.0, False, True
-            self._restart(w, kind, detail)
+                self._end_episode(i, 0.0 if self._scored else float("nan"))
+        for w in sorted(failed):
+            self._restart(w, *failed[w])
         self.obs = self._shared.read("obs", slice(None))
         return self.obs, rew, term, trunc, finals
+
+    def _end_episode(self, i: int, success: float) -> None:
+        self.stats.returns.append(float(self._ret[i]))
+        self.stats.lengths.append(int(self._len[i]))
+        self.stats.successes.append(success)
+        self._scored = self._scored or not np.isnan(success)
+        self._ret[i], self._len[i] = 0.0, 0
 
     def close(self) -> None:
         for w, conn in enumerate(self._conns):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,8 @@ class HybridConfig:
                     "moe_intermediate_size", "n_group", "topk_group"]
         for name in positive:
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name}={v!r} must be a positive integer")
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 2**31:
+                raise ValueError(f"{name}={v!r} must be a positive integer (below 2**31)")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads={self.num_attention_heads} is not divisible by "
@@ -178,9 +179,9 @@ class HybridConfig:
             raise ValueError(f"n_routed_experts={self.n_routed_experts} is not divisible by n_group={self.n_group}")
         if self.topk_group > self.n_group:
             raise ValueError(f"topk_group={self.topk_group} exceeds n_group={self.n_group}")
-        if self.moe_latent_size is not None and self.moe_latent_size <= 0:
+        if self.moe_latent_size is not None and not 0 < self.moe_latent_size < 2**31:
             raise ValueError(f"moe_latent_size={self.moe_latent_size} must be a positive integer or None")
-        if self.moe_shared_expert_intermediate_size < 0:
+        if not 0 <= self.moe_shared_expert_intermediate_size < 2**31:
             raise ValueError("moe_shared_expert_intermediate_size must be >= 0 (0 means no shared expert)")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             v = getattr(self, name)
@@ -219,6 +220,10 @@ class HybridConfig:
     def from_hf_dict(cls, d: dict[str, Any]) -> HybridConfig:
         """Build from an HF NemotronH config dict (current or legacy spellings)."""
         d = dict(d)
+        for key, ours in (("mlp_hidden_act", "relu2"), ("mamba_hidden_act", "silu")):
+            act = d.pop(key, ours)
+            if act != ours:  # the MLP / expert and Mamba gate activations are fixed in the model code
+                raise ValueError(f"{key}={act!r} is not supported: chimera implements NemotronH's {ours!r} only")
         for old, new in _HF_LEGACY_KEYS.items():
             if old in d:
                 d.setdefault(new, d.pop(old))
@@ -231,11 +236,14 @@ class HybridConfig:
             kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]
         for k in ("eos_token_id", "bos_token_id", "pad_token_id"):
             if isinstance(kwargs.get(k), list):
-                kwargs[k] = kwargs[k][0]
+                kwargs[k] = kwargs[k][0] if kwargs[k] else None
             if kwargs.get(k) is None:
                 kwargs.pop(k, None)
         chimera = d.pop("chimera", {}) or {}
+        if not isinstance(chimera, dict):
+            raise ValueError(f"config key 'chimera' has value {chimera!r}; expected an object")
         kwargs.update({k: v for k, v in chimera.items() if k in ours})
+        _check_types(cls, kwargs)
         blocks = d.pop("num_nextn_predict_layers", 0) or 0
         mtp_types = d.pop("mtp_layers_block_type", None)
         mtp_string = d.pop("mtp_hybrid_override_pattern", None)
@@ -270,8 +278,28 @@ class HybridConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _fits(value: Any, tp: type) -> bool:
+    if tp is type(None):
+        return value is None
+    if isinstance(value, bool):  # JSON true / false are not numbers
+        return tp is bool
+    return isinstance(value, int | float) if tp is float else isinstance(value, tp)
+
+
+def _check_types(cls: type, kwargs: dict[str, Any]) -> None:
+    """Raise ValueError naming the first config value whose JSON type does not fit its field."""
+    hints = typing.get_type_hints(cls)
+    for key, value in kwargs.items():
+        allowed = typing.get_args(hints[key]) or (hints[key],)  # `int | None` -> (int, NoneType)
+        if not any(_fits(value, tp) for tp in allowed):
+            names = " or ".join("null" if tp is type(None) else tp.__name__ for tp in allowed)
+            raise ValueError(f"config key {key!r} has value {value!r}; expected {names}")
+
+
 def _pattern_from_hf(d: dict[str, Any]) -> str:
     types = d.get("layers_block_type") or d.get("layer_types")
+    if types and (not isinstance(types, list) or not all(isinstance(t, str) for t in types)):
+        raise ValueError(f"layers_block_type={types!r} must be a list of layer type names")
     if types:
         chars = []
         for i, t in enumerate(types):

@@ -103,6 +103,9 @@ def load_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, dev
         if tuple(state[name].shape) != tuple(t.shape):
             raise ValueError(f"tensor {name!r} in {path} has shape {tuple(state[name].shape)}, "
                              f"expected {tuple(t.shape)} from config.json")
+        if state[name].is_floating_point() != t.is_floating_point():
+            raise ValueError(f"tensor {name!r} in {path} has dtype {state[name].dtype}, expected a "
+                             f"{'floating-point' if t.is_floating_point() else str(t.dtype)} tensor")
     unexpected = sorted(set(state) - set(expected) - {"lm_head.weight"})
     if unexpected:
         raise ValueError(f"checkpoint {path} has tensor {unexpected[0]!r} that the config's pattern "

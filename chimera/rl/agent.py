@@ -168,6 +168,16 @@ class Agent(nn.Module):
         if self.cfg.core == "nervenet":
             self.gnn[task].update_norm(obs)
 
+    @torch.no_grad()
+    def balance_experts(self) -> None:
+        """Aux-loss-free MoE balancing of a hybrid core: move each router's correction bias by the
+        expert load seen in training forwards since the last call (call after every optimizer step)."""
+        if self.cfg.core != "hybrid":
+            return
+        for m in self.core.modules():
+            if hasattr(m, "update_bias"):  # the MoE mixers (as HybridLM.update_moe_bias does for an LM)
+                m.update_bias(self.core_cfg.moe_bias_update_rate)
+
     # ---- recurrent state ------------------------------------------------------------------
     def initial_state(self, n: int) -> Any:
         if self.cfg.core == "lstm":

@@ -48,9 +48,9 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     norm_adv: bool = True
     target_kl: float = 0.0
-    """PPO: stop the epochs when the approximate KL exceeds this (0: off)."""
+    """PPO: stop the epochs once the approximate KL, measured after every gradient step, exceeds this (0: off)."""
     espo_delta: float = 0.25
-    """ESPO: stop the epochs once mean |ratio - 1| over the batch exceeds this."""
+    """ESPO: stop the epochs once mean |ratio - 1|, measured after every gradient step, exceeds this."""
     espo_max_epochs: int = 16
 
 
@@ -94,8 +94,20 @@ class TrainRLConfig:
     run: RLRunConfig = field(default_factory=RLRunConfig)
 
     def validate(self) -> None:
+        """Raise ValueError naming the first setting that cannot train."""
         if not self.tasks:
             raise ValueError("tasks is empty; give at least one environment id (chimera envs lists them)")
+        for name, v in (("num_envs", self.num_envs), ("total_steps", self.total_steps),
+                        ("ppo.num_steps", self.ppo.num_steps), ("ppo.minibatches", self.ppo.minibatches),
+                        ("ppo.epochs", self.ppo.epochs), ("ppo.espo_max_epochs", self.ppo.espo_max_epochs),
+                        ("agent.hidden", self.agent.hidden)):
+            if v <= 0:
+                raise ValueError(f"{name}={v} must be a positive integer")
+        if not 0 < self.ppo.lr < math.inf:
+            raise ValueError(f"ppo.lr={self.ppo.lr} must be a positive finite number")
+        for name, v in (("ppo.gamma", self.ppo.gamma), ("ppo.gae_lambda", self.ppo.gae_lambda)):
+            if not 0 <= v <= 1:
+                raise ValueError(f"{name}={v} must lie in [0, 1]")
         if self.num_envs % self.ppo.minibatches:
             raise ValueError(f"num_envs={self.num_envs} is not divisible by ppo.minibatches={self.ppo.minibatches}")
         for t in self.tasks:
@@ -189,6 +201,8 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
             scalers[t].load_state_dict(sd)
         start_it, global_step = ckpt["step"], ckpt["global_step"]
         log(f"resumed {run.path} at iteration {start_it} ({global_step} steps); episodes restart")
+    elif resume:
+        log(f"no loadable checkpoint in {run.path}; starting from iteration 0")
     if resume:
         run.truncate_metrics(global_step)
     log(f"run {run.path}: {cfg.ppo.algo} on {', '.join(cfg.tasks)} ({n} envs each), core {cfg.agent.core} "
@@ -266,7 +280,7 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
                 + (f" S {metrics[f'charts/success/{task}']:.2f}" if f"charts/success/{task}" in metrics else "")
                 for task in cfg.tasks)
             log(f"iter {it + 1:>5}/{iterations}  step {global_step:>8}  {sps:,.0f} sps  {per_task}  "
-                f"epochs {metrics['losses/epochs_used']:.0f}  |r-1| {metrics['losses/ratio_dev_mean']:.3f}  "
+                f"epochs {metrics['losses/epochs_used']:.2f}  |r-1| {metrics['losses/ratio_dev_mean']:.3f}  "
                 f"eta {eta / 60:.1f} min")
         if (it + 1) % cfg.run.ckpt_every == 0 or it + 1 == iterations:
             run.checkpoints.save(it + 1, {"agent": agent.state_dict(), "optimizer": opt.state_dict(),
@@ -298,23 +312,34 @@ def learning_table(metrics_path: Path, tasks: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def stop_early(p: PPOConfig, drift: float, approx_kl: float) -> bool:
+    """Whether the policy has moved far enough from the rollout's to end the iteration's epochs.
+
+    ESPO: mean |ratio - 1| above ``espo_delta``; PPO: approximate KL above ``target_kl`` (when set)."""
+    if p.algo == "espo":
+        return drift > p.espo_delta
+    return p.target_kl > 0 and approx_kl > p.target_kl
+
+
 def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout], state0: dict[str, Any],
            adv: dict[str, torch.Tensor], ret: dict[str, torch.Tensor], p: PPOConfig,
            aggregator: str = "sum") -> dict[str, float]:
     """Minibatch epochs over whole env sequences; task losses combined on the shared core by ``aggregator``
-    (summed by default). Returns CleanRL-named diagnostics."""
+    (summed by default). Returns CleanRL-named diagnostics.
+
+    After every gradient step the policy's drift from the rollout policy (mean |ratio - 1|, and the
+    approximate KL) is measured on the next minibatch before it is used; once ``stop_early`` says so,
+    no further step is taken (ESPO's rule; PPO's target-KL stop as in Stable-Baselines3)."""
     agent.train()
     params, shared = list(agent.parameters()), list(agent.core.parameters())
     n = next(iter(rollouts.values())).values.size(1)
     max_epochs = p.espo_max_epochs if p.algo == "espo" else p.epochs
     stats: dict[str, list[float]] = {k: [] for k in ("pg", "v", "ent", "kl", "clipfrac", "dev")}
-    dev_max, epochs_used = 0.0, 0
+    dev_max, steps, stopped = 0.0, 0, False
     for _epoch in range(max_epochs):
-        epochs_used += 1
-        perm = torch.randperm(n)
-        epoch_dev = []
-        for mb in perm.chunk(p.minibatches):
-            losses = {}
+        for mb in torch.randperm(n).chunk(p.minibatches):
+            losses, step_stats = {}, {k: [] for k in ("pg", "v", "ent", "kl", "clipfrac")}
+            dev_sum, kl_sum, count = 0.0, 0.0, 0
             for task, ro in rollouts.items():
                 obs = index_obs(ro.obs, (slice(None), mb))
                 dist, values = agent.evaluate(task, obs, agent.select_state(agent.clone_state(state0[task]), mb),
@@ -332,24 +357,29 @@ def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout
                 ent = dist.entropy().mean()
                 losses[task] = pg + p.vf_coef * vl - p.ent_coef * ent
                 with torch.no_grad():
-                    log_r = logp - old_logp
                     dev = (ratio - 1).abs()
-                    stats["pg"].append(pg.item())
-                    stats["v"].append(vl.item())
-                    stats["ent"].append(ent.item())
-                    stats["kl"].append(((ratio - 1) - log_r).mean().item())
-                    stats["clipfrac"].append(((ratio - 1).abs() > p.clip_coef).float().mean().item())
-                    epoch_dev.append(dev.mean().item())
+                    kl = (ratio - 1) - (logp - old_logp)
+                    dev_sum, kl_sum, count = dev_sum + dev.sum().item(), kl_sum + kl.sum().item(), count + dev.numel()
                     dev_max = max(dev_max, dev.max().item())
+                    step_stats["pg"].append(pg.item())
+                    step_stats["v"].append(vl.item())
+                    step_stats["ent"].append(ent.item())
+                    step_stats["kl"].append(kl.mean().item())
+                    step_stats["clipfrac"].append((dev > p.clip_coef).float().mean().item())
+            stats["dev"].append(dev_sum / count)
+            if steps and stop_early(p, dev_sum / count, kl_sum / count):
+                stopped = True
+                break
+            for k, v in step_stats.items():
+                stats[k] += v
             opt.zero_grad(set_to_none=True)
             for k, v in aggregate(losses, shared, aggregator).items():
                 stats.setdefault(k, []).append(v)
             torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
             opt.step()
-        stats["dev"] += epoch_dev
-        if p.algo == "espo" and float(np.mean(epoch_dev)) > p.espo_delta:
-            break
-        if p.algo == "ppo" and p.target_kl > 0 and float(np.mean(stats["kl"][-len(epoch_dev):])) > p.target_kl:
+            agent.balance_experts()
+            steps += 1
+        if stopped:
             break
     y_pred = torch.cat([ro.values.flatten() for ro in rollouts.values()])
     y_true = torch.cat([r.flatten() for r in ret.values()])
@@ -358,7 +388,8 @@ def update(agent: Agent, opt: torch.optim.Optimizer, rollouts: dict[str, Rollout
             "losses/clipfrac": float(np.mean(stats["clipfrac"])),
             "losses/explained_variance": explained_variance(y_pred, y_true),
             "losses/ratio_dev_mean": float(np.mean(stats["dev"])), "losses/ratio_dev_max": dev_max,
-            "losses/epochs_used": float(epochs_used),
+            "losses/ratio_dev_last": stats["dev"][-1], "losses/grad_steps": float(steps),
+            "losses/epochs_used": steps / p.minibatches,
             **{f"multitask/{k}": float(np.mean(v)) for k, v in stats.items() if k.startswith(("weight/", "cosine"))}}
 
 
