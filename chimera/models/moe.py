@@ -50,12 +50,14 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(num_experts, dim, intermediate))
         self.linear = F.linear  # replaced by low-precision recipes (chimera.precision.convert)
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gathered: bool = False) -> torch.Tensor:
-        """x (N, dim), idx / w (N, k) -> sum_k w * expert_idx(x), (N, dim) in fp32. ``gathered`` forces
-        the loop-free path (static-shape graphs)."""
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, loop_free: bool = False) -> torch.Tensor:
+        """x (N, dim), idx / w (N, k) -> sum_k w * expert_idx(x), (N, dim) in fp32. ``loop_free`` forces a
+        path with no data-dependent Python loop (static-shape graphs: decode steps)."""
         N, k = idx.shape
-        if (gathered or N * k <= self.num_experts) and self.linear is F.linear:
-            return self._gathered(x, idx, w)
+        if self.linear is F.linear and (loop_free or N * k <= self.num_experts):
+            if N * k <= self.num_experts or self.num_experts > 4 * k:
+                return self._gathered(x, idx, w)
+            return self._dense(x, idx, w)
         flat = idx.reshape(-1)
         order = torch.argsort(flat, stable=True)  # assignments grouped by expert
         token = order // k
@@ -70,6 +72,15 @@ class Experts(nn.Module):
                 start += c
         ys = torch.cat(outs).float() * w.reshape(-1)[order, None].float()
         return torch.zeros(N, x.size(1), dtype=torch.float32, device=x.device).index_add_(0, token, ys)
+
+    def _dense(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Many tokens and few experts (a batch of decode rows): every expert on every token, weighted by
+        the routing (zero where not chosen); at most 4x the routed compute, each expert read once."""
+        gate = torch.zeros(x.size(0), self.num_experts, dtype=torch.float32, device=x.device)
+        gate = gate.scatter(1, idx, w.float())  # (N, E)
+        hid = relu2(torch.einsum("eid,nd->nei", self.up_proj, x))
+        ys = torch.einsum("edi,nei->ned", self.down_proj, hid).float()
+        return (ys * gate[..., None]).sum(1)
 
     def _gathered(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Few tokens (decoding): gather each assignment's expert weights and run them as one batched
@@ -105,11 +116,11 @@ class MoE(nn.Module):
         return None
 
     def step(self, hidden: torch.Tensor, state: None, ctx) -> torch.Tensor:
-        """A few tokens per row: the loop-free dispatch, so a compiled step stays one graph."""
-        return self.forward(hidden, gathered=True)
+        """A few tokens per row: a loop-free dispatch, so a compiled step stays one graph."""
+        return self.forward(hidden, loop_free=True)
 
     def forward(self, hidden: torch.Tensor, state: None = None, reset: torch.Tensor | None = None,
-                gathered: bool = False) -> torch.Tensor:
+                loop_free: bool = False) -> torch.Tensor:
         b, l, d = hidden.shape
         x = hidden.reshape(-1, d)
         scores, w, idx = self.gate(x)
@@ -118,7 +129,7 @@ class MoE(nn.Module):
                 self.expert_load += torch.bincount(idx.reshape(-1), minlength=self.cfg.n_routed_experts).float()
             self.aux_loss = self._sequence_aux_loss(scores.view(b, l, -1), idx.view(b, l, -1))
         routed_in = x if self.fc1_latent_proj is None else self.fc1_latent_proj(x)
-        routed = self.experts(routed_in, idx, w, gathered).to(hidden.dtype)
+        routed = self.experts(routed_in, idx, w, loop_free).to(hidden.dtype)
         if self.fc2_latent_proj is not None:
             routed = self.fc2_latent_proj(routed)
         out = routed.view(b, l, d)
