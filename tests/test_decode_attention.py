@@ -2,6 +2,7 @@
 decode paths (plain and compiled)."""
 
 import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,21 @@ def test_kernel_builds_on_x86():
     if not X86:
         pytest.skip("the kernel is x86 (AVX2) only; elsewhere attend is SDPA")
     assert da.build()
+
+
+def test_a_build_that_stalls_is_cut_off_and_its_lock_removed(tmp_path, monkeypatch):
+    """A lock file that nothing will release (a killed build's) made torch wait forever; the build now
+    runs in a child under a time limit, and the caller is told why the kernel is off."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("CHIMERA_DECODE_KERNEL_BUILD_TIMEOUT", "3")
+    from torch.utils.cpp_extension import _get_build_directory
+
+    build_dir = _get_build_directory(da.NAME, verbose=False)
+    lock = Path(build_dir) / "lock"
+    lock.touch()
+    problem = da._build_once()
+    assert problem is not None and "did not finish within 3 s" in problem
+    assert not lock.exists()
 
 
 @pytest.mark.parametrize("b,h,m,t,d", [(1, 2, 4, 1000, 64), (3, 2, 17, 77, 128), (2, 1, 1, 5, 32),
