@@ -75,7 +75,8 @@ def test_stop_tokens_end_a_row_with_the_stop_token(model):
 
 
 def test_padding_never_reaches_a_mamba_state(model):
-    """The conv window and SSM state of a short prompt's row equal those of the prompt prefilled alone."""
+    """Prompts of different lengths are prefilled in one right-padded call: each row's conv window, SSM
+    state and keys equal the prompt's prefilled alone, and what the padding holds changes no state at all."""
     engine = Engine(model, max_rows=3, capacity=32)
     for p in PROMPTS[:3]:
         engine.submit(Request(p, max_new_tokens=4))
@@ -86,7 +87,22 @@ def test_padding_never_reaches_a_mamba_state(model):
             model(torch.tensor([p]), cache=alone)
         for got, ref in zip(engine.decoder.cache.layers, alone.layers):
             if hasattr(ref, "ssm"):
-                assert torch.equal(got.conv[row], ref.conv[0]) and torch.equal(got.ssm[row], ref.ssm[0])
+                torch.testing.assert_close(got.conv[row], ref.conv[0], atol=1e-6, rtol=1e-5)
+                torch.testing.assert_close(got.ssm[row], ref.ssm[0], atol=1e-6, rtol=1e-5)
+            elif ref is not None:
+                torch.testing.assert_close(got.k[row, :, :len(p)], ref.k[0, :, :len(p)], atol=1e-6, rtol=1e-5)
+        assert engine.decoder.cache.valid[row].sum() == len(p) and engine.decoder.cache.pos[row] == len(p)
+    P = max(map(len, PROMPTS[:3]))
+    lengths = torch.tensor([len(p) for p in PROMPTS[:3]])
+    states = []
+    for fill in (0, 200):  # two paddings: the states must not differ in a single bit
+        ids = torch.tensor([p + [fill] * (P - len(p)) for p in PROMPTS[:3]])
+        cache = model.new_cache(3, P)
+        with torch.no_grad():
+            model.backbone(ids, cache=cache, lengths=lengths)
+        states.append([(s.conv, s.ssm) for s in cache.layers if hasattr(s, "ssm")])
+    for (c0, s0), (c1, s1) in zip(*states):
+        assert torch.equal(c0, c1) and torch.equal(s0, s1)
 
 
 def test_finished_rows_leave_the_batch(model):

@@ -80,3 +80,20 @@ def test_recurrent_steps_equal_single_steps():
     assert none is None
     torch.testing.assert_close(y1[:, 0], y_t)
     torch.testing.assert_close(s1, s_t)
+
+
+def test_in_place_decoding_step_equals_the_recurrence():
+    """ssd_update_ (the decode step's in-place update) = ssd_recurrent at l = 1, state and output."""
+    from chimera.models.ssd import ssd_recurrent, ssd_update_
+
+    g = torch.Generator().manual_seed(3)
+    b, h, p, n, groups = 3, 4, 8, 16, 2
+    state = torch.randn(b, h, p, n, generator=g)
+    x, dt = torch.randn(b, 1, h, p, generator=g), torch.rand(b, 1, h, generator=g)
+    A = -torch.rand(h, generator=g)
+    B, C = torch.randn(b, 1, groups, n, generator=g), torch.randn(b, 1, groups, n, generator=g)
+    y_ref, final_ref, _ = ssd_recurrent(state, x, dt, A, B, C)
+    s = state.clone()
+    y = ssd_update_(s, x, dt, A, B, C)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s, final_ref, atol=1e-5, rtol=1e-5)

@@ -100,25 +100,31 @@ class Decoder:
 
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]], rows: list[list[int]]) -> torch.Tensor:
-        """Prefill ``prompts`` (all of one length P) and copy prompt i into each of ``rows[i]``
-        -> the logits after each prompt's last token, (len(prompts), vocab) in fp32."""
-        P = len(prompts[0])
+        """Prefill ``prompts`` and copy prompt i into each of ``rows[i]`` -> the logits after each prompt's
+        last token, (len(prompts), vocab) in fp32. Prompts of one length P <= ``STATIC_PREFILL_MAX`` run in
+        compiled chunks when compiled; otherwise all of them go through one right-padded sequence call
+        (the padding changes no state: see ``HybridBackbone.forward``'s ``lengths``)."""
+        lengths = [len(p) for p in prompts]
+        P = max(lengths)
         if P + 1 > self.cache.capacity:
             raise ValueError(f"a prompt of {P} tokens leaves no room in a cache of {self.cache.capacity} positions")
-        ids = torch.tensor(prompts, device=self.device)
-        model = self.model
-        if self.compile and P <= STATIC_PREFILL_MAX:
+        model, device = self.model, self.device
+        if self.compile and P <= STATIC_PREFILL_MAX and min(lengths) == P:
+            ids = torch.tensor(prompts, device=device)
             src = model.new_cache(len(prompts), padded_capacity(P))
             chunk = maybe_compiled(prefill_chunk, True)  # one per cache: its first call checks the guards
             outs = in_chunks(P, lambda start, m: chunk(model, pad_to_chunk(ids[:, start:start + m]), src,
-                                                       torch.tensor(m, device=self.device))[:, :m])
+                                                       torch.tensor(m, device=device))[:, :m])
             hidden = outs[-1][:, -1]
         else:
+            ids = torch.tensor([p + [0] * (P - len(p)) for p in prompts], device=device)
+            n = torch.tensor(lengths, device=device)
             src = model.new_cache(len(prompts), P)
-            hidden = model.backbone(ids, cache=src)[:, -1]
+            out = model.backbone(ids, cache=src, lengths=None if min(lengths) == P else n)
+            hidden = out[torch.arange(len(prompts), device=device), n - 1]
         for i, r in enumerate(rows):
-            self.cache.insert(torch.tensor(r, device=self.device), src.select(torch.tensor([i], device=self.device)),
-                              P)
+            self.cache.insert(torch.tensor(r, device=device), src.select(torch.tensor([i], device=device)),
+                              lengths[i])
         return model.lm_head(hidden).float()
 
     @torch.no_grad()

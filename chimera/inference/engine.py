@@ -1,7 +1,8 @@
 """Continuous batching: requests share decode steps on one ``Decoder``.
 
-Requests wait in a queue and take free rows as they come: the waiting prompts of one length are
-prefilled together, each once however many rows (samples) it has, and copied into their rows.
+Requests wait in a queue and take free rows as they come: the waiting prompts are prefilled
+together (one call, right-padded to one length), each once however many rows
+(samples) it has, and copied into their rows.
 Then every step feeds one token per row and each row chooses its next token at its own
 uniforms (drawn from its request's seed and key, so a request's tokens do not depend on which
 requests share its steps). A row whose request ends (a stop token, its token limit, its answer
@@ -149,22 +150,21 @@ class Engine:
 
     # ---- admission ------------------------------------------------------------------------------
     def _admit(self) -> list[Event]:
-        """Free rows take waiting requests; prompts of one length are prefilled together, each once."""
+        """Free rows take waiting requests; their prompts are prefilled together, each distinct one once."""
         free = [i for i, r in enumerate(self.rows) if r is None]
-        by_length: dict[int, dict[tuple[int, ...], list[int]]] = {}
+        groups: dict[tuple[int, ...], list[int]] = {}
         while free and self.waiting:
             row, req = free.pop(0), self.waiting.popleft()
             self.rows[row] = req
-            by_length.setdefault(len(req.prompt), {}).setdefault(tuple(req.prompt), []).append(row)
-        events: list[Event] = []
-        for groups in by_length.values():
-            logits = self.decoder.prefill([list(p) for p in groups], list(groups.values()))
-            rows = [row for g in groups.values() for row in g]
-            which = torch.tensor([i for i, g in enumerate(groups.values()) for _ in g], device=logits.device)
-            reqs = [self.rows[row] for row in rows]
-            tokens, lps = choose(logits.index_select(0, which), self._uniforms(reqs), self._sampling(reqs))
-            events += self._accept(rows, tokens, lps)
-        return events
+            groups.setdefault(tuple(req.prompt), []).append(row)
+        if not groups:
+            return []
+        logits = self.decoder.prefill([list(p) for p in groups], list(groups.values()))
+        rows = [row for g in groups.values() for row in g]
+        which = torch.tensor([i for i, g in enumerate(groups.values()) for _ in g], device=logits.device)
+        reqs = [self.rows[row] for row in rows]
+        tokens, lps = choose(logits.index_select(0, which), self._uniforms(reqs), self._sampling(reqs))
+        return self._accept(rows, tokens, lps)
 
     # ---- decoding -------------------------------------------------------------------------------
     def _decode(self) -> list[Event]:

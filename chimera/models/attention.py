@@ -72,8 +72,10 @@ class Attention(nn.Module):
         return q, k, v
 
     def forward(self, hidden: torch.Tensor, state: KVCache | None = None,
-                reset: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden (b, l, d) -> (b, l, d), causal; with ``state``, after its ``length`` cached positions."""
+                reset: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (b, l, d) -> (b, l, d), causal; with ``state``, after its ``length`` cached positions.
+        With right-padded rows (``lengths``) the padding's keys are written too: they come after every
+        real query, and the ``Cache`` marks them invalid for later steps."""
         if reset is not None:
             raise ValueError("attention layers do not support episode resets; use M, - and E layers for "
                              "recurrent policies (Mamba layers carry the memory)")

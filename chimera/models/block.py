@@ -33,9 +33,11 @@ class Block(nn.Module):
         """The mixer's inference state for ``batch`` rows (None for MLP and MoE layers)."""
         return self.mixer.new_state(batch, capacity, device, dtype)
 
-    def forward(self, x: torch.Tensor, state=None, reset: torch.Tensor | None = None) -> torch.Tensor:
-        """x (b, l, d) -> (b, l, d) over a sequence (see each mixer's ``forward``)."""
-        return x + self.mixer(self.norm(x), state, reset)
+    def forward(self, x: torch.Tensor, state=None, reset: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x (b, l, d) -> (b, l, d) over a sequence (see each mixer's ``forward``); ``lengths`` (b,): rows
+        right-padded past them, the padding leaving every state as the row's last real token left it."""
+        return x + self.mixer(self.norm(x), state, reset, lengths)
 
     def step(self, x: torch.Tensor, state, ctx) -> torch.Tensor:
         """x (b, n, d) -> (b, n, d) for a few tokens per row (see each mixer's ``step``)."""

@@ -71,11 +71,15 @@ class Cache:
                     s.reserve(grown)
             self.valid = torch.cat([self.valid, self.valid.new_zeros(self.batch, grown - self.capacity)], 1)
 
-    def end_sequence(self, n: int) -> None:
-        """After a sequence call of n positions."""
-        self.valid[:, self.length:self.length + n] = True
+    def end_sequence(self, n: int, lengths: torch.Tensor | None = None) -> None:
+        """After a sequence call of n positions (of which each row's first ``lengths`` are real)."""
+        if lengths is None:
+            self.valid[:, self.length:self.length + n] = True
+            self.pos.fill_(self.length + n)
+        else:
+            self.valid[:, self.length:self.length + n] = torch.arange(n, device=lengths.device) < lengths[:, None]
+            self.pos.copy_(self.length + lengths)
         self.length += n
-        self.pos.fill_(self.length)
 
     # ---- step calls -----------------------------------------------------------------------------
     def context(self, n: int, record: bool = False) -> StepContext:

@@ -66,11 +66,14 @@ class HybridBackbone(nn.Module):
         init_weights([self], cfg)
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                cache: Cache | None = None, reset: torch.Tensor | None = None) -> torch.Tensor:
+                cache: Cache | None = None, reset: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(b, l) token ids or (b, l, d) embeddings -> (b, l, d) final hidden states.
 
         With a ``cache``, every row continues from it (all rows at ``cache.length``) and it is updated.
-        ``reset`` (b, l) starts a new sequence (an RL episode) at the marked positions.
+        ``reset`` (b, l) starts a new sequence (an RL episode) at the marked positions. ``lengths`` (b,)
+        (with a cache): rows are right-padded past their length; the cache keeps each row's real
+        positions only (a prefill of prompts of different lengths in one call).
         """
         x = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         if cache is None:
@@ -79,8 +82,8 @@ class HybridBackbone(nn.Module):
             return self.norm_f(x)
         cache.begin_sequence(x.size(1))
         for layer, state in zip(self.layers, cache.layers):
-            x = layer(x, state, reset)
-        cache.end_sequence(x.size(1))
+            x = layer(x, state, reset, lengths)
+        cache.end_sequence(x.size(1), lengths)
         return self.norm_f(x)
 
     def step(self, x: torch.Tensor, cache: Cache, ctx: StepContext) -> torch.Tensor:

@@ -17,7 +17,7 @@ from torch import nn
 
 from chimera.models.config import HybridConfig
 from chimera.models.norm import GatedRMSNorm
-from chimera.models.ssd import ssd_chunked, ssd_recurrent
+from chimera.models.ssd import ssd_chunked, ssd_recurrent, ssd_update_
 
 
 @dataclass
@@ -123,16 +123,22 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.norm(y, z).to(dtype))
 
     # ---- sequence mode ------------------------------------------------------------------------
-    def _conv(self, xbc: torch.Tensor, state: MambaState | None, reset: torch.Tensor | None = None) -> torch.Tensor:
-        """Causal depthwise conv + SiLU over time. xbc (b, l, c) -> (b, l, c); updates state.conv.
-        With ``reset`` (b, l), a window never reaches back across the start of a sequence."""
+    def _conv(self, xbc: torch.Tensor, state: MambaState | None, reset: torch.Tensor | None = None,
+              lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal depthwise conv + SiLU over time. xbc (b, l, c) -> (b, l, c); updates state.conv (to the
+        window before position ``lengths`` of each row, when given). With ``reset`` (b, l), a window never
+        reaches back across the start of a sequence."""
         k = self.cfg.conv_kernel
         xt = xbc.transpose(1, 2)  # (b, c, l)
         if state is None:
             window = F.pad(xt, (k - 1, 0))
         else:
             window = torch.cat([state.conv.to(xt.dtype), xt], dim=-1)  # (b, c, k-1+l)
-            state.conv = window[..., window.size(-1) - (k - 1):]
+            if lengths is None:
+                state.conv = window[..., window.size(-1) - (k - 1):]
+            else:  # window index j + k - 1 holds position j: the last k - 1 inputs before each row's length
+                at = lengths[:, None, None] + torch.arange(k - 1, device=xt.device)
+                state.conv = window.gather(-1, at.expand(xt.size(0), xt.size(1), k - 1))
         if reset is not None:
             R = torch.cumsum(reset.long(), dim=1)  # (b, l) sequence index of each position
             Rw = F.pad(R, (k - 1, 0))  # positions before this call belong to sequence 0
@@ -150,12 +156,15 @@ class Mamba2Mixer(nn.Module):
         return F.silu(out).transpose(1, 2)
 
     def forward(self, hidden: torch.Tensor, state: MambaState | None = None,
-                reset: torch.Tensor | None = None) -> torch.Tensor:
+                reset: torch.Tensor | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """hidden (b, l, d) -> (b, l, d). With ``state``, continue from it and update it.
         ``reset`` (b, l) marks positions that start a new sequence (an episode): conv windows and SSM
-        state do not carry across them."""
+        state do not carry across them. ``lengths`` (b,): each row's positions from there on are padding,
+        given dt = 0 (a decay of exactly 1 and no input), so the state ends as the last real token left it."""
         z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.h], dim=-1)
-        x, dt, A, B, C = self._ssm_inputs(self._conv(xbc, state, reset), dt)
+        x, dt, A, B, C = self._ssm_inputs(self._conv(xbc, state, reset, lengths), dt)
+        if lengths is not None:
+            dt = dt * (torch.arange(dt.size(1), device=dt.device) < lengths[:, None])[..., None]
         if state is not None and hidden.size(1) == 1:
             y, state.ssm, _ = ssd_recurrent(state.ssm, x, dt, A, B, C, reset)
         else:
@@ -173,11 +182,14 @@ class Mamba2Mixer(nn.Module):
         z, xbc, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.h], dim=-1)
         window = torch.cat([state.conv, xbc.transpose(1, 2).to(state.conv.dtype)], dim=-1)  # (b, c, k-1+n)
         x, dt, A, B, C = self._ssm_inputs(F.silu(self._taps(window)).transpose(1, 2), dt)
-        recording = ctx.records is not None
-        y, final, history = ssd_recurrent(state.ssm, x, dt, A, B, C, history=recording)
-        if recording:
+        if ctx.records is not None:
+            y, _, history = ssd_recurrent(state.ssm, x, dt, A, B, C, history=True)
             ctx.records.append((state, window, history))
         else:
+            if n == 1 and state.ssm.is_contiguous():  # in place (the cache's own buffers are)
+                y = ssd_update_(state.ssm, x, dt, A, B, C)
+            else:
+                y, final, _ = ssd_recurrent(state.ssm, x, dt, A, B, C)
+                state.ssm.copy_(final)
             state.conv.copy_(window[..., n:])
-            state.ssm.copy_(final)
         return self._output(y, x, z, hidden.dtype)

@@ -28,7 +28,8 @@ class MLP(nn.Module):
         """No inference state."""
         return None
 
-    def forward(self, x: torch.Tensor, state: None = None, reset: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, state: None = None, reset: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.down_proj(relu2(self.up_proj(x)))
 
     def step(self, x: torch.Tensor, state: None, ctx) -> torch.Tensor:

@@ -120,7 +120,7 @@ class MoE(nn.Module):
         return self.forward(hidden, loop_free=True)
 
     def forward(self, hidden: torch.Tensor, state: None = None, reset: torch.Tensor | None = None,
-                loop_free: bool = False) -> torch.Tensor:
+                lengths: torch.Tensor | None = None, loop_free: bool = False) -> torch.Tensor:
         b, l, d = hidden.shape
         x = hidden.reshape(-1, d)
         scores, w, idx = self.gate(x)

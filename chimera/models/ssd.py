@@ -130,6 +130,22 @@ def ssd_step(
     return y, state
 
 
+def ssd_update_(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                C: torch.Tensor) -> torch.Tensor:
+    """One decoding step with the state updated in place (= ``ssd_recurrent`` at l = 1): state (b,h,p,n)
+    contiguous, x (b,1,h,p), dt (b,1,h), B/C (b,1,g,n) -> y (b,1,h,p). The decay and the input's outer
+    product go into the state's own memory (a scale, then a batched rank-1 update) and the read-out is a
+    batched matrix-vector product: three passes over the state and no state-sized temporaries, which
+    at decode batch sizes are most of a Mamba layer's step."""
+    b, _, h, p = x.shape
+    n = state.size(-1)
+    dt = dt[:, 0].float()
+    state.mul_(torch.exp(dt * A.float())[..., None, None])
+    s = state.view(b * h, p, n)
+    s.baddbmm_((x[:, 0].float() * dt[..., None]).reshape(b * h, p, 1), _heads(B[:, 0].float(), h).reshape(b * h, 1, n))
+    return torch.bmm(s, _heads(C[:, 0].float(), h).reshape(b * h, n, 1)).view(b, 1, h, p)
+
+
 def ssd_recurrent(
     state: torch.Tensor,
     x: torch.Tensor,
