@@ -36,7 +36,7 @@ class GenerateArgs:
     """Close the thinking segment after this many tokens (at the next newline within a 10% grace, or
     forced at its end); -1: no limit."""
     answer_budget: int = -1
-    """With --thinking-budget: tokens allowed after </think> (-1: up to --max-new-tokens)."""
+    """Tokens allowed after </think> (-1: up to --max-new-tokens); works with or without --thinking-budget."""
     speculative: bool = False
     """Self-speculative decoding with the checkpoint's MTP layers, greedy or sampled as --temperature / --top-k /
     --top-p say (speculative sampling: the same distribution as without), with --thinking-budget too; prints
@@ -236,6 +236,8 @@ def cmd_generate(argv: list[str]) -> int:
         text = tok.apply_chat_template([Message("user", args.prompt)], enable_thinking=args.thinking)
     else:
         text = args.prompt
+    if not args.prompt.strip():
+        raise ConfigError("--prompt is empty; give the text to answer (with --chat) or to continue (--no-chat)")
     torch.manual_seed(args.seed)
     stops = (tok.eos_id,) if args.chat else ()
     prompt = tok.encode(text)
@@ -246,25 +248,54 @@ def cmd_generate(argv: list[str]) -> int:
     except ValueError as e:
         raise ConfigError(f"{e}: check --temperature, --top-k and --top-p") from None
     budget = None
-    if args.thinking_budget >= 0:
-        budget = ThinkingBudget(args.thinking_budget, tok.token_id("<think>"), tok.token_id("</think>"),
-                                tok.newline_ids,
+    if args.thinking_budget >= 0 or args.answer_budget >= 0:
+        budget = ThinkingBudget(args.thinking_budget if args.thinking_budget >= 0 else None, tok.token_id("<think>"),
+                                tok.token_id("</think>"), tok.newline_ids,
                                 max_answer_tokens=args.answer_budget if args.answer_budget >= 0 else None)
-    prefix = "<think>" if args.chat and args.thinking and args.show_special else ""
+    if args.compile:
+        print("compiling the decode step (the first time about 2 min; cached on disk after, 20-30 s to load)...",
+              file=sys.stderr, flush=True)
+    show = _Shower(tok, thinking=args.chat and args.thinking, show_special=args.show_special)
     if args.speculative:
         if not model.config.mtp_depths:
             raise ConfigError(f"{args.checkpoint} has no MTP layers (num_nextn_predict_layers=0); "
                               f"drop --speculative or train with an MTP pattern such as 'MEM*ME/*E/*E'")
         out, stats = speculative_generate(model, prompt, args.max_new_tokens, stops, compile=args.compile,
                                           sampler=sampler, seed=args.seed, budget=budget)
-        print(prefix + tok.decode(out, skip_special=not args.show_special))
+        show(out)
         print(f"[speculative: {stats.rounds} rounds, acceptance {stats.acceptance_rate:.2f}, "
               f"{len(out) / max(stats.seconds, 1e-9):.1f} tok/s{' including compilation' if args.compile else ''}]",
               file=sys.stderr)
         return 0
     out = generate(model, [prompt], sampling, budget=budget, compile=args.compile)[0]
-    print(prefix + tok.decode(out, skip_special=not args.show_special))
+    show(out)
     return 0
+
+
+@dataclass
+class _Shower:
+    """Prints a generation: with thinking, the trace and the answer apart (labelled; the trace dimmed on a
+    terminal), as chat front ends show them; with ``show_special``, every token as it came."""
+
+    tok: object
+    thinking: bool
+    show_special: bool
+
+    def __call__(self, out: list[int]) -> None:
+        tok = self.tok
+        if self.show_special:
+            print(("<think>" if self.thinking else "") + tok.decode(out, skip_special=False))
+            return
+        if not self.thinking:
+            print(tok.decode(out, skip_special=True))
+            return
+        end = tok.token_id("</think>")
+        i = out.index(end) if end in out else len(out)
+        trace, answer = tok.decode(out[:i], skip_special=True).strip(), tok.decode(out[i + 1:], skip_special=True)
+        dim, reset = ("\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "")
+        print(f"{dim}thinking: {trace}{reset}")
+        print(f"answer: {answer.strip()}" if end in out else
+              "answer: (none: the thinking did not end within --max-new-tokens; raise it or set --thinking-budget)")
 
 
 def cmd_models(argv: list[str]) -> int:
@@ -348,6 +379,26 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"chimera {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"chimera {name}: {_interrupted(name, rest)}", file=sys.stderr)
+        return 130
+
+
+def _interrupted(name: str, rest: list[str]) -> str:
+    """One line for Ctrl-C: the step reached, the last checkpoint and the command that resumes."""
+    from chimera.runs import Run
+
+    run = Run.active
+    if run is None:
+        return "interrupted"
+    rows = run.metrics()
+    ckpts = run.checkpoints.list()
+    at = f" at step {int(rows[-1]['step'])}" if rows else ""
+    if not ckpts:
+        return f"interrupted{at}; {run.path} has no checkpoint yet, so a new run starts over"
+    sub = rest[:1] if name == "clrs" else []  # clrs train
+    command = " ".join(["chimera", name, *sub, "--resume", str(run.path)])
+    return f"interrupted{at}; last checkpoint {ckpts[-1]}; continue with: {command}"
 
 
 if __name__ == "__main__":

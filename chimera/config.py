@@ -105,7 +105,12 @@ def load_preset(cls: type[T], path: str | Path) -> T:
     """Read a JSON preset into ``cls``; errors name the file, the key and the value."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"preset {path} does not exist (presets live in configs/)")
+        presets = sorted(p.name for p in Path("configs").glob("*.json")) if Path("configs").is_dir() else []
+        raise ConfigError(f"preset {path} does not exist (presets live in configs/"
+                          + (f": {', '.join(presets)})" if presets else ")"))
+    if path.name == "config.json" and (path.parent / "model.safetensors").exists():
+        raise ConfigError(f"{path.parent} is a model checkpoint, not a run directory; pass the run directory "
+                          f"that holds it (did you mean {path.parent.parent}?)")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -214,7 +214,11 @@ class CheckpointManager:
 class Run:
     """A run directory with its config, metrics log and checkpoints."""
 
+    active: Run | None = None
+    """The run this process opened last (the CLI names it when a run is interrupted)."""
+
     def __init__(self, path: str | Path, keep_checkpoints: int = 3, tensorboard: bool = False):
+        Run.active = self
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.checkpoints = CheckpointManager(self.path / "checkpoints", keep_checkpoints)

@@ -77,6 +77,32 @@ def test_generate_with_thinking_budget_and_speculative_refusal(tmp_path, capsys)
     assert "check --temperature" in capsys.readouterr().err
 
 
+def test_generate_shows_thinking_apart_and_refuses_what_it_cannot_do(tmp_path, capsys):
+    """The trace and the answer print apart; --answer-budget works alone; an empty prompt and a run
+    directory given for a model are refused naming the fix."""
+    from chimera.models import HybridLM, get_config
+
+    HybridLM(get_config("tiny")).save_pretrained(tmp_path / "m")
+    m = str(tmp_path / "m")
+    assert main(["generate", m, "--prompt", "hi", "--thinking-budget", "3", "--answer-budget", "2",
+                 "--temperature", "1.0", "--max-new-tokens", "30"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("thinking: ") and lines[1].startswith("answer: ")
+    assert main(["generate", m, "--prompt", "hi", "--answer-budget", "0", "--thinking-budget", "0",
+                 "--show-special", "--max-new-tokens", "30"]) == 0
+    assert capsys.readouterr().out.rstrip("\n").endswith("</think>")  # nothing after </think>
+    assert main(["generate", m, "--prompt", "  "]) == 2
+    assert "--prompt is empty" in capsys.readouterr().err
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    HybridLM(get_config("tiny")).save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    assert main(["generate", str(tmp_path / "run")]) == 2
+    assert f"did you mean {tmp_path / 'run' / 'model'}?" in capsys.readouterr().err
+    assert main(["train-lm", "--resume", str(tmp_path / "run" / "model")]) == 2
+    assert "is a model checkpoint, not a run directory" in capsys.readouterr().err
+
+
 def test_generate_speculative_sampling(tmp_path, capsys):
     from chimera.models import HybridLM, get_config
 
@@ -119,3 +145,34 @@ def test_clrs_subcommands(capsys):
     assert "-- input node s (mask_one, 4)" in out and "-- output node pi (pointer, 4)" in out
     assert main(["clrs", "fly"]) == 2
     assert "unknown clrs action 'fly'" in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during training: no traceback, the step, the last checkpoint and the command that resumes."""
+    import chimera.train.lm as lm
+
+    real_log = lm.Run.log
+
+    def log_then_interrupt(self, step, metrics):
+        real_log(self, step, metrics)
+        if step >= 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm.Run, "log", log_then_interrupt)
+    code = main(["train-lm", "--model", "tiny", "--steps", "8", "--data.seq-len", "64", "--data.batch-size", "2",
+                 "--run.out-dir", str(tmp_path), "--run.eval-samples", "1", "--run.log-every", "2",
+                 "--run.ckpt-every", "2"])
+    err = capsys.readouterr().err
+    run = next(tmp_path.iterdir())
+    assert code == 130 and "Traceback" not in err
+    assert f"interrupted at step 4; last checkpoint {run / 'checkpoints'}" in err
+    assert err.strip().endswith(f"continue with: chimera train-lm --resume {run}")
+
+
+def test_a_seq_len_too_short_for_a_task_is_refused_before_the_run_starts(tmp_path, capsys):
+    """Every task's longest example is checked before step 1; a refused start leaves no run directory."""
+    code = main(["train-lm", "--preset", "configs/lm-quick.json", "--data.tasks", "add", "search",
+                 "--data.seq-len", "80", "--run.out-dir", str(tmp_path)])
+    assert code == 2
+    assert "data.seq_len=80 is too short for task 'search'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

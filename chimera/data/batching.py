@@ -4,6 +4,7 @@ function of (seed, step, micro-step), so a resumed run sees exactly the data it 
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 
@@ -34,6 +35,17 @@ def parse_answer(text: str) -> str:
     return text.split("<eos>", 1)[0].strip()
 
 
+LENGTH_PROBES = 2000
+"""Examples per task sampled to find its longest (each task's sizes are bounded)."""
+
+
+@functools.cache
+def longest_example(task: str, thinking: bool = True) -> int:
+    """Tokens (inputs) the longest of ``LENGTH_PROBES`` seeded SFT examples of ``task`` needs."""
+    rng, t, tok = random.Random(f"lengths/{task}"), make_task(task), ByteTokenizer()
+    return max(len(chat_tokens(tok, t.sample(rng), thinking)[0]) - 1 for _ in range(LENGTH_PROBES))
+
+
 class TaskBatcher:
     """Deterministic batches over a mix of synthetic tasks."""
 
@@ -45,6 +57,16 @@ class TaskBatcher:
         self.tasks = [make_task(t) for t in tasks]
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.mode, self.thinking = mode, thinking
+        if mode == "sft":
+            self._check_seq_len()
+
+    def _check_seq_len(self) -> None:
+        """Refuse a seq_len that some examples of a task do not fit, before the first step (not mid-run)."""
+        for task in self.tasks:
+            need = longest_example(task.name, self.thinking)
+            if need > self.seq_len:
+                raise ValueError(f"data.seq_len={self.seq_len} is too short for task {task.name!r}: its examples "
+                                 f"need up to {need} tokens; set --data.seq-len {need} or more")
 
     def _rng(self, step: int, micro: int, split: int = 0) -> random.Random:
         return random.Random(f"{self.seed}/{split}/{step}/{micro}")
@@ -60,7 +82,7 @@ class TaskBatcher:
                 ex = sample_split(rng.choice(self.tasks), rng, held_out=False)
                 ids, start = chat_tokens(self.tok, ex, self.thinking)
                 if len(ids) > T + 1:
-                    raise ValueError(f"an example of task {ex.prompt!r} needs {len(ids) - 1} tokens; "
+                    raise ValueError(f"the example {ex.prompt!r} needs {len(ids) - 1} tokens; "
                                      f"raise data.seq_len above {T}")
                 n = len(ids) - 1
                 x[i, :n] = torch.tensor(ids[:-1])

@@ -88,6 +88,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"):
     """Build a ``cls`` (HybridLM) from an HF NemotronH checkpoint directory, checking every tensor's shape."""
     path = Path(path)
+    if (path / "model" / "config.json").exists() and (path / "metrics.jsonl").exists():
+        raise FileNotFoundError(f"{path} is a run directory, not a checkpoint; did you mean {path / 'model'}?")
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path / 'config.json'} not found; expected an HF NemotronH checkpoint directory")
     cfg = HybridConfig.load(path / "config.json")
