@@ -176,3 +176,8 @@ def test_a_seq_len_too_short_for_a_task_is_refused_before_the_run_starts(tmp_pat
     assert code == 2
     assert "data.seq_len=80 is too short for task 'search'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_misspelt_clrs_algorithm_suggests_the_close_match(capsys):
+    assert main(["clrs", "sample", "insertion-sort"]) == 2
+    assert "did you mean 'insertion_sort'?" in capsys.readouterr().err

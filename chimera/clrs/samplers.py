@@ -18,6 +18,7 @@ Split sizes of the benchmark: train 1000 samples at n = 16 (the generalist train
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from dataclasses import dataclass
 
@@ -154,7 +155,7 @@ def sample_inputs(algorithm: str, n: int, rng: np.random.Generator, p: tuple[flo
         return [_er_graph(rng, n, p_choice, weighted=True), int(rng.integers(0, n))]
     if algorithm == "dag_shortest_paths":
         return [_er_graph(rng, n, p_choice, directed=True, acyclic=True, weighted=True), int(rng.integers(0, n))]
-    raise ValueError(f"unknown CLRS algorithm {algorithm!r}; choose one of {', '.join(SPECS)}")
+    raise ValueError(unknown_algorithm(algorithm))
 
 
 # ---- batches --------------------------------------------------------------------------------------------------
@@ -202,13 +203,20 @@ def collate(algorithm: str, trajectories: list[dict], min_steps: int = 0) -> Bat
     return Batch(algorithm, groups[Stage.INPUT], groups[Stage.HINT], groups[Stage.OUTPUT], lengths)
 
 
+def unknown_algorithm(name: str) -> str:
+    """The error for an algorithm name that is not one of the 30: the close match first, if any."""
+    close = difflib.get_close_matches(name.replace("-", "_").lower(), list(SPECS), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown CLRS algorithm {name!r}; {hint}choose one of {', '.join(SPECS)}"
+
+
 class Sampler:
     """A fixed set of ``num_samples`` problems of size n (or, with ``num_samples < 0``, fresh ones per batch)."""
 
     def __init__(self, algorithm: str, n: int, num_samples: int, seed: int, p: tuple[float, ...] | None = None,
                  length_needle: int | None = None):
         if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown CLRS algorithm {algorithm!r}; choose one of {', '.join(SPECS)}")
+            raise ValueError(unknown_algorithm(algorithm))
         self.algorithm, self.n, self.num_samples = algorithm, n, num_samples
         self.rng = np.random.default_rng(seed)
         self.kw = {"p": p, "length_needle": length_needle}

@@ -28,7 +28,7 @@ from chimera.clrs.model import (
     targets,
     to_feature,
 )
-from chimera.clrs.samplers import TRAIN_SIZES, Batch, Sampler
+from chimera.clrs.samplers import TRAIN_SIZES, Batch, Sampler, unknown_algorithm
 from chimera.clrs.specs import SPECS, Type
 from chimera.config import to_dict
 from chimera.runs import Run, RunSettings, rng_state, seed_everything, set_rng_state
@@ -71,7 +71,8 @@ class TrainCLRSConfig:
     def validate(self) -> None:
         unknown = [a for a in self.algorithms if a not in SPECS]
         if unknown:
-            raise ValueError(f"unknown CLRS algorithm(s) {unknown}; `chimera clrs list` prints the 30 names")
+            raise ValueError(unknown_algorithm(unknown[0]) if len(unknown) == 1 else
+                             f"unknown CLRS algorithm(s) {unknown}; `chimera clrs list` prints the 30 names")
         if self.processor not in ("mpnn", "pgn", "triplet_gmpnn"):
             raise ValueError(f"processor {self.processor!r}: choose mpnn, pgn or triplet_gmpnn")
 
