@@ -35,6 +35,7 @@ from chimera.serve.protocol import APIError, ChatCompletionBody, CompletionBody,
 
 DEFAULT_CONTEXT = 4096
 DISCONNECT_POLL_S = 0.5
+MIN_LOGPROB = -9999.0
 
 
 class Choice:
@@ -96,10 +97,15 @@ class Choice:
         self.tool_calls += delta.tool_calls
         return delta, used
 
+    def logprob_values(self, start: int, count: int) -> list[float]:
+        """Logprobs of tokens [start, start + count); a token forced by the thinking budget that its
+        distribution gave no mass has -inf, sent as -9999.0 (JSON has no infinity)."""
+        return [max(lp, MIN_LOGPROB) for lp in self.logprobs[start:start + count]]
+
     def logprob_entries(self, start: int, count: int) -> list[dict]:
         """Chat-format logprobs of tokens [start, start + count)."""
         out = []
-        for t, lp in zip(self.tokens[start:start + count], self.logprobs[start:start + count]):
+        for t, lp in zip(self.tokens[start:start + count], self.logprob_values(start, count)):
             s = self.tok.decode([t])
             out.append({"token": s, "logprob": lp, "bytes": list(s.encode("utf-8")), "top_logprobs": []})
         return out
@@ -161,7 +167,7 @@ class Server:
                 raise APIError("max_thinking_tokens needs <think> and </think> tokens, which this checkpoint's "
                                "tokenizer lacks", param="max_thinking_tokens")
             budget = ThinkingBudget(thinking_budget, start, end, self.tok.newline_ids)
-        stops = frozenset([self.tok.eos_id, *(body.stop_token_ids or [])])
+        stops = frozenset([*([] if body.ignore_eos else [self.tok.eos_id]), *(body.stop_token_ids or [])])
         seed = body.seed if body.seed is not None else secrets.randbits(62)
         return [EngineRequest(prompt, limit, sampler, stops, seed, f"choice {first_key + j}", budget)
                 for j in range(body.n)]
@@ -337,7 +343,7 @@ def create_app(model, tokenizer, config: ServeConfig) -> FastAPI:
 
         def logprobs(c: Choice, start: int, count: int) -> dict:
             toks = [server.tok.decode([t]) for t in c.tokens[start:start + count]]
-            return {"tokens": toks, "token_logprobs": c.logprobs[start:start + count], "top_logprobs": None,
+            return {"tokens": toks, "token_logprobs": c.logprob_values(start, count), "top_logprobs": None,
                     "text_offset": None}
 
         if not body.stream:

@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from chimera.serve.protocol import APIError, ChatCompletionBody
 from chimera.tokenizer import Message
 
-TOOLS_HEADER = ("# Tools\n\nYou may call one or more functions to assist with the user query. "
-                "The function signatures are inside <tools></tools>:\n<tools>\n")
-TOOLS_FOOTER = ("\n</tools>\n\nFor each call, reply with a JSON object naming the function and its arguments inside "
-                "<tool_call></tool_call>:\n<tool_call>{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+TOOLS_HEADER = "# Tools\nFunctions you may call, one JSON schema a line:\n<tools>\n"
+TOOLS_FOOTER = ('\n</tools>\nCall one as <tool_call>{"name": <function-name>, "arguments": <args-json-object>}'
                 "</tool_call>")
 
 

@@ -108,6 +108,8 @@ class SamplingBody(_Body):
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    """vLLM's extension: go on past the end-of-sequence token (to max_tokens or a stop)."""
     seed: int | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
