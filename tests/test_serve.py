@@ -50,6 +50,9 @@ TRAINED = [
     (chat("think hard", chat_template_kwargs={"enable_thinking": False}), "42<eos>"),
     (chat("weather in Paris?", tools=[WEATHER]), "</think>" + CALL + "<eos>"),
     (chat("broken call", tools=[WEATHER]), "</think>" + BROKEN + "<eos>"),
+    # a named tool_choice opens the call in the prompt; the model writes the arguments
+    (chat("weather in Paris?", tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}),
+     '{"city": "Paris"}}</tool_call><eos>'),
 ]
 
 
@@ -241,6 +244,10 @@ def test_tool_call_in_the_models_output_comes_back_as_tool_calls(served):
     broken = client.chat.completions.create(**chat("broken call", tools=[WEATHER]))
     assert broken.choices[0].message.content == BROKEN and broken.choices[0].message.tool_calls is None
     assert broken.choices[0].finish_reason == "stop"
+    named = create(client, TRAINED[4][0])
+    (call,) = named.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    assert named.choices[0].message.reasoning_content is None  # thinking is off for a forced call
 
 
 def test_stream_reassembled_equals_the_non_streamed_greedy_answer(served):
@@ -368,6 +375,21 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(served):
         time.sleep(0.05)
     ok = client.chat.completions.create(**chat("think hard"))
     assert ok.choices[0].message.content == "42"
+
+
+def test_a_client_that_gives_up_on_a_whole_answer_frees_its_row(served):
+    client, server, url = served
+    stats = server.loop.stats
+    cancelled, server.disconnect_poll_s = stats.cancelled, 0.02
+    body = chat("ramble on", max_tokens=CONTEXT - 20, ignore_eos=True, n=4)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/chat/completions", json=body, timeout=0.1)
+    deadline = time.time() + 10
+    while not (stats.cancelled >= cancelled + 4 and server.loop.engine.idle):
+        assert time.time() < deadline, "the abandoned request kept its rows"
+        time.sleep(0.02)
+    server.disconnect_poll_s = 0.25
+    assert create(client, chat("think hard")).choices[0].message.content == "42"
 
 
 def test_engine_grows_its_rows_back_when_requests_arrive_after_packing():

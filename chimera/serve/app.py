@@ -34,7 +34,7 @@ from chimera.serve.parsing import Delta, Detokenizer, OutputParser, StopMatcher
 from chimera.serve.protocol import APIError, ChatCompletionBody, CompletionBody, SamplingBody, parse_body
 
 DEFAULT_CONTEXT = 4096
-DISCONNECT_POLL_S = 0.5
+DISCONNECT_POLL_S = 0.25
 MIN_LOGPROB = -9999.0
 
 
@@ -127,6 +127,8 @@ class Server:
         self.context = config.context or int(extra.get("max_position_embeddings", DEFAULT_CONTEXT))
         self.loop = EngineLoop(model, config.max_batch, self.context, config.compile)
         self.created = int(time.time())
+        self.disconnect_poll_s = DISCONNECT_POLL_S
+        """How often a non-streamed request checks that its client is still there."""
 
     def special(self, token: str) -> int | None:
         try:
@@ -167,6 +169,8 @@ class Server:
                 raise APIError("max_thinking_tokens needs <think> and </think> tokens, which this checkpoint's "
                                "tokenizer lacks", param="max_thinking_tokens")
             budget = ThinkingBudget(thinking_budget, start, end, self.tok.newline_ids)
+            if not budget.track(prompt).thinking:
+                budget = None  # the prompt opens no thinking segment: nothing to limit (and nothing to mask)
         stops = frozenset([*([] if body.ignore_eos else [self.tok.eos_id]), *(body.stop_token_ids or [])])
         seed = body.seed if body.seed is not None else secrets.randbits(62)
         return [EngineRequest(prompt, limit, sampler, stops, seed, f"choice {first_key + j}", budget)
@@ -178,15 +182,19 @@ class Server:
         """Submit ``requests`` and yield (choice, delta, tokens used) as steps arrive, until all are done.
         A stop string cancels its request; leaving early (a disconnect) cancels the rest."""
         q = self.loop.submit(requests)
+        clock = asyncio.get_running_loop().time
+        next_check = clock() + self.disconnect_poll_s
         try:
             while not all(c.done for c in choices):
                 try:
-                    i, out = await asyncio.wait_for(q.get(), DISCONNECT_POLL_S)
+                    i, out = await asyncio.wait_for(q.get(), self.disconnect_poll_s)
                 except TimeoutError:
-                    if http is not None and await http.is_disconnected():
+                    i, out = -1, None
+                if http is not None and clock() >= next_check:
+                    next_check = clock() + self.disconnect_poll_s
+                    if await http.is_disconnected():
                         return
-                    continue
-                if choices[i].done:
+                if out is None or choices[i].done:
                     continue
                 delta, used = choices[i].add(out)
                 if choices[i].done and not out.finish_reason:

@@ -191,6 +191,8 @@ class ChatCompletionBody(SamplingBody):
 
 class CompletionBody(SamplingBody):
     prompt: str | list[str] | list[int] = Field(min_length=1)
+    max_tokens: int | None = Field(16, ge=1)
+    """OpenAI's default for text completions is 16; null: up to the context."""
     logprobs: int | None = Field(None, ge=0, le=1)
     """The chosen token's logprob (0 or 1; this server returns no alternatives)."""
     echo: bool = False
