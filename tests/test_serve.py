@@ -360,6 +360,32 @@ def test_every_bad_request_is_answered_with_an_openai_error_naming_the_field(ser
     assert ok.choices[0].message.content == "42"
 
 
+FUZZ = [{"messages": "hi"}, {"messages": [{"role": "user"}], "n": "three"}, {"messages": [{"content": "hi"}]},
+        {"stop": 5}, {"stop": [1, 2]}, {"seed": "x"}, {"seed": 1.5}, {"max_tokens": 10**12}, {"max_tokens": "many"},
+        {"temperature": "hot"}, {"temperature": float("nan")}, {"top_p": float("inf")}, {"n": 10**30},
+        {"tools": "get_weather"}, {"tools": [{"type": "function", "function": {"name": ""}}]}, {"tool_choice": 5},
+        {"chat_template_kwargs": []}, {"chat_template_kwargs": {"enable_thinking": "maybe"}},
+        {"logprobs": [True]}, {"top_logprobs": 3}, {"stop_token_ids": [10**20]}, {"stream_options": 1},
+        {"response_format": {"type": "json"}},
+        {"messages": [{"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]},
+        {"model": None}, {"model": ["tiny"]}]
+
+
+def test_fuzzed_bodies_get_a_400_and_extreme_values_are_served(served):
+    _, server, url = served
+    for change in FUZZ:
+        r = httpx.post(url + "/chat/completions", content=json.dumps({**chat("hi", max_tokens=8), **change}),
+                       headers={"content-type": "application/json"}, timeout=120)
+        assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}, (change, r.text)
+    errors = server.loop.stats.errors
+    for change in ({"top_k": 10**12, "temperature": 1.0}, {"seed": -(10**30)}, {"seed": 10**30},
+                   {"max_thinking_tokens": 10**15}, {"stop": ["x" * 2000]}):
+        r = httpx.post(url + "/chat/completions", json={**chat("hi"), "max_tokens": 8, **change}, timeout=120)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1, (change, r.text)
+    assert server.loop.stats.errors == errors and server.loop.alive
+
+
 def test_a_client_that_disconnects_mid_stream_frees_its_row(served):
     client, server, _ = served
     stats = server.loop.stats

@@ -161,7 +161,8 @@ class Server:
             raise APIError(f"{limit_param}={limit} plus the prompt's {len(prompt)} tokens exceeds this model's "
                            f"context of {self.context} tokens; ask for at most {self.context - len(prompt)}",
                            param=limit_param, code="context_length_exceeded")
-        sampler = Sampler(body.temperature, max(body.top_k, 0), body.top_p)
+        vocab = self.model.config.vocab_size
+        sampler = Sampler(body.temperature, min(max(body.top_k, 0), vocab), body.top_p)
         budget = None
         if thinking_budget is not None:
             start, end = self.special("<think>"), self.special("</think>")
