@@ -379,7 +379,7 @@ def test_fuzzed_bodies_get_a_400_and_extreme_values_are_served(served):
                        headers={"content-type": "application/json"}, timeout=120)
         assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}, (change, r.text)
     errors = server.loop.stats.errors
-    for change in ({"top_k": 10**12, "temperature": 1.0}, {"seed": -(10**30)}, {"seed": 10**30},
+    for change in ({"top_k": 10**20, "temperature": 1.0}, {"seed": -(10**30)}, {"seed": 10**30},
                    {"max_thinking_tokens": 10**15}, {"stop": ["x" * 2000]}):
         r = httpx.post(url + "/chat/completions", json={**chat("hi"), "max_tokens": 8, **change}, timeout=120)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1, (change, r.text)
