@@ -7,7 +7,8 @@ temporary folder); this process is the clients: ``C`` concurrent clients (1, 8, 
 ``--time-limit`` seconds. Per level: requests/s, generated tokens/s (from the usage counts), latency
 and time to first token (p50 / p99), errors. The baseline is the same prompts, token limits and
 sampler submitted at once to an ``Engine`` of ``C`` rows in this process: the server's overhead is
-the HTTP, JSON, detokenisation and scheduling around the same decode steps.
+the HTTP, JSON, detokenisation and scheduling around the same decode steps (and, on one machine,
+the clients' own CPU time, which the direct engine does not pay).
 
     python bench/serve_load.py            # -> results/serve_load.json
     python bench/serve_load.py --quick    # tiny model, few requests: checks the script
