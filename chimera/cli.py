@@ -223,15 +223,10 @@ def cmd_generate(argv: list[str]) -> int:
     import torch
 
     from chimera.inference import SamplingConfig, ThinkingBudget, generate, speculative_generate
-    from chimera.models import HybridLM
-    from chimera.tokenizer import Message, load_tokenizer
+    from chimera.tokenizer import Message
 
     args = tyro.cli(GenerateArgs, args=argv, prog="chimera generate")
-    model = HybridLM.from_pretrained(args.checkpoint)
-    tok = load_tokenizer(args.checkpoint)
-    if model.config.vocab_size < tok.vocab_size:
-        raise ConfigError(f"{args.checkpoint} has vocab_size={model.config.vocab_size}, smaller than its "
-                          f"tokenizer's {tok.vocab_size}; the checkpoint and tokenizer do not belong together")
+    model, tok = _load_lm(args.checkpoint)
     if args.chat:
         text = tok.apply_chat_template([Message("user", args.prompt)], enable_thinking=args.thinking)
     else:
@@ -298,6 +293,33 @@ class _Shower:
               "answer: (none: the thinking did not end within --max-new-tokens; raise it or set --thinking-budget)")
 
 
+def _load_lm(checkpoint: str, device: str = "cpu"):
+    """A checkpoint directory's model and tokenizer, checked to belong together."""
+    from chimera.models import HybridLM
+    from chimera.tokenizer import load_tokenizer
+
+    model = HybridLM.from_pretrained(checkpoint, device=device)
+    tok = load_tokenizer(checkpoint)
+    if model.config.vocab_size < tok.vocab_size:
+        raise ConfigError(f"{checkpoint} has vocab_size={model.config.vocab_size}, smaller than its "
+                          f"tokenizer's {tok.vocab_size}; the checkpoint and tokenizer do not belong together")
+    return model, tok
+
+
+def cmd_serve(argv: list[str]) -> int:
+    from chimera.serve.config import ServeConfig
+
+    cfg = tyro.cli(ServeConfig, args=argv, prog="chimera serve")
+    try:
+        from chimera.serve.app import serve
+    except ImportError as e:
+        raise ConfigError(f"chimera serve needs the serve extra ({e.name} is not installed): "
+                          f"pip install 'chimera[serve]'") from None
+    model, tok = _load_lm(cfg.checkpoint, cfg.torch_device())
+    serve(model, tok, cfg)
+    return 0
+
+
 def cmd_models(argv: list[str]) -> int:
     import json
 
@@ -351,6 +373,7 @@ COMMANDS = {
     "clrs": (cmd_clrs, "CLRS-30: list / sample algorithms, train MPNN / PGN / Triplet-GMPNN learners"),
     "train-lm": (cmd_train_lm, "train a hybrid LM on synthetic reasoning tasks (presets in configs/)"),
     "generate": (cmd_generate, "generate text from a checkpoint directory, with or without thinking"),
+    "serve": (cmd_serve, "serve a checkpoint over an OpenAI-compatible API (chat, completions, streaming)"),
     "models": (cmd_models, "list named model sizes and their parameter counts"),
     "report": (cmd_report, "plot a run's metrics and print their last values"),
 }

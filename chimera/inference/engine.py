@@ -7,7 +7,8 @@ Then every step feeds one token per row and each row chooses its next token at i
 uniforms (drawn from its request's seed and key, so a request's tokens do not depend on which
 requests share its steps). A row whose request ends (a stop token, its token limit, its answer
 budget, or a cancel) is free at once; when nothing waits and at most half the rows are busy, the
-busy rows are packed into a smaller cache, so finished rows stop costing compute.
+busy rows are packed into a smaller cache, so finished rows stop costing compute; when requests
+arrive later (a server), the cache grows back toward ``max_rows`` to take them.
 
 ``generate_batch`` and ``generate`` (``chimera.inference.generate``) and the server run this loop.
 """
@@ -95,6 +96,7 @@ class Engine:
         if max_rows < 1:
             raise ValueError(f"max_rows={max_rows} must be at least 1")
         self.model = model
+        self.max_rows = max_rows
         self.capacity = capacity
         self.decoder = Decoder(model, max_rows, capacity, compile)
         self.vocab = model.config.vocab_size
@@ -151,6 +153,7 @@ class Engine:
     # ---- admission ------------------------------------------------------------------------------
     def _admit(self) -> list[Event]:
         """Free rows take waiting requests; their prompts are prefilled together, each distinct one once."""
+        self._grow()
         free = [i for i, r in enumerate(self.rows) if r is None]
         groups: dict[tuple[int, ...], list[int]] = {}
         while free and self.waiting:
@@ -212,6 +215,19 @@ class Engine:
             top_p=torch.tensor([s.top_p for s in samplers], device=device),
             force=torch.tensor([-1 if r is None else r.forced() for r in reqs], device=device),
             bias=bias, filtered=any(s.top_k > 0 or s.top_p < 1 for s in samplers))
+
+    def _grow(self) -> None:
+        """After packing, requests that wait beyond the free rows get new rows, up to ``max_rows`` (the new
+        rows copy row 0's state, idle until a prefill overwrites them)."""
+        need = min(self.max_rows, self.busy + len(self.waiting))
+        extra = need - len(self.rows)
+        if extra <= 0:
+            return
+        device = self.decoder.device
+        self.decoder.select(torch.cat([torch.arange(len(self.rows)), torch.zeros(extra, dtype=torch.long)]).to(device))
+        self.rows += [None] * extra
+        self.next_tokens = torch.cat([self.next_tokens, torch.zeros(extra, dtype=torch.long)])
+        self._sampling_key = None
 
     def _compact(self) -> None:
         """With nothing waiting and at most half the rows busy, keep only the busy rows (at least two, so
