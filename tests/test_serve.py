@@ -201,6 +201,31 @@ def test_stop_matcher_and_detokenizer_hold_back_partial_matches():
     assert "".join(d.push([t]) for t in ids) + d.flush() == "é€<eos>x"
 
 
+def test_chat_rendering_of_tools_tool_turns_and_tool_choice():
+    tok = ByteTokenizer()
+    turns = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "weather?"},
+             {"role": "assistant", "content": None, "reasoning_content": "look it up",
+              "tool_calls": [{"id": "c1", "type": "function",
+                              "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+             {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+
+    def rendered(**kw):
+        return render(ChatCompletionBody.model_validate({"model": MODEL, "messages": turns, **kw}), tok)
+
+    p = rendered(tools=[WEATHER])
+    assert p.text.startswith("<bos><|system|>Be brief.\n\n# Tools") and json.dumps(WEATHER) in p.text
+    assert ('<|assistant|><think>look it up</think><tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+            '</tool_call><eos><|tool|><tool_response>sunny</tool_response><eos><|assistant|><think>') in p.text
+    assert p.thinking and p.tools and p.answer_prefix == ""
+    none = rendered(tools=[WEATHER], tool_choice="none")
+    assert "# Tools" not in none.text and not none.tools
+    required = rendered(tools=[WEATHER], tool_choice="required")
+    assert required.text.endswith("<|assistant|><think></think><tool_call>") and not required.thinking
+    off = rendered(chat_template_kwargs={"enable_thinking": False})
+    assert off.text.endswith("<|assistant|><think></think>") and not off.thinking
+    assert "look it up" not in off.text  # earlier reasoning is dropped with thinking off, as the template does
+
+
 # ---- the server -----------------------------------------------------------------------------------
 def test_chat_completion_returns_reasoning_apart_from_content_and_counts_usage(served):
     client, _, _ = served
@@ -267,6 +292,9 @@ def test_stream_reassembled_equals_the_non_streamed_greedy_answer(served):
         assert finish == whole.choices[0].finish_reason
         assert usage.completion_tokens == whole.usage.completion_tokens
         assert usage.prompt_tokens == whole.usage.prompt_tokens
+    chunks = list(create(client, chat("think hard"), stream=True, logprobs=True))
+    streamed = [e.token for c in chunks for ch in c.choices if ch.logprobs for e in ch.logprobs.content]
+    assert "".join(streamed) == THOUGHT + "</think>42<eos>"  # every token once, in order
 
 
 def test_completions_endpoint_with_stop_strings_and_logprobs(served):
