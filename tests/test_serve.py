@@ -312,6 +312,10 @@ def test_completions_endpoint_with_stop_strings_and_logprobs(served):
     chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=120, temperature=0, stream=True,
                                             stop=["step 3"]))
     assert "".join(c.choices[0].text for c in chunks) == cut.choices[0].text
+    both = client.completions.create(model=MODEL, prompt=[prompt, "zz"], n=2, max_tokens=120, temperature=0)
+    assert [c.index for c in both.choices] == [0, 1, 2, 3]
+    assert [c.text for c in both.choices[:2]] == [THOUGHT + "</think>42"] * 2  # prompt-major, as OpenAI orders them
+    assert both.usage.prompt_tokens == len(tok.encode(prompt)) + len(tok.encode("zz"))
 
 
 def test_n_choices_with_a_seed_repeat_exactly(served):
@@ -417,6 +421,21 @@ def test_fuzzed_bodies_get_a_400_and_extreme_values_are_served(served):
         r = httpx.post(url + "/chat/completions", json={**chat("hi"), "max_tokens": 8, **change}, timeout=120)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1, (change, r.text)
     assert server.loop.stats.errors == errors and server.loop.alive
+
+
+def test_a_failing_engine_step_fails_its_requests_with_a_500_and_the_server_goes_on(served):
+    client, server, _ = served
+    engine = server.loop.engine
+
+    def broken_step():
+        raise RuntimeError("injected fault")
+
+    engine.step = broken_step  # the engine thread rebuilds its engine after a failed step
+    with pytest.raises(openai.InternalServerError) as e:
+        create(client, chat("think hard"))
+    assert e.value.body["type"] == "server_error" and "injected fault" in e.value.body["message"]
+    assert server.loop.engine is not engine and server.loop.alive
+    assert create(client, chat("think hard")).choices[0].message.content == "42"
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_row(served):
