@@ -201,6 +201,31 @@ def test_stop_matcher_and_detokenizer_hold_back_partial_matches():
     assert "".join(d.push([t]) for t in ids) + d.flush() == "é€<eos>x"
 
 
+def test_chat_rendering_of_tools_tool_turns_and_tool_choice():
+    tok = ByteTokenizer()
+    turns = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "weather?"},
+             {"role": "assistant", "content": None, "reasoning_content": "look it up",
+              "tool_calls": [{"id": "c1", "type": "function",
+                              "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+             {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+
+    def rendered(**kw):
+        return render(ChatCompletionBody.model_validate({"model": MODEL, "messages": turns, **kw}), tok)
+
+    p = rendered(tools=[WEATHER])
+    assert p.text.startswith("<bos><|system|>Be brief.\n\n# Tools") and json.dumps(WEATHER) in p.text
+    assert ('<|assistant|><think>look it up</think><tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+            '</tool_call><eos><|tool|><tool_response>sunny</tool_response><eos><|assistant|><think>') in p.text
+    assert p.thinking and p.tools and p.answer_prefix == ""
+    none = rendered(tools=[WEATHER], tool_choice="none")
+    assert "# Tools" not in none.text and not none.tools
+    required = rendered(tools=[WEATHER], tool_choice="required")
+    assert required.text.endswith("<|assistant|><think></think><tool_call>") and not required.thinking
+    off = rendered(chat_template_kwargs={"enable_thinking": False})
+    assert off.text.endswith("<|assistant|><think></think>") and not off.thinking
+    assert "look it up" not in off.text  # earlier reasoning is dropped with thinking off, as the template does
+
+
 # ---- the server -----------------------------------------------------------------------------------
 def test_chat_completion_returns_reasoning_apart_from_content_and_counts_usage(served):
     client, _, _ = served
@@ -267,6 +292,9 @@ def test_stream_reassembled_equals_the_non_streamed_greedy_answer(served):
         assert finish == whole.choices[0].finish_reason
         assert usage.completion_tokens == whole.usage.completion_tokens
         assert usage.prompt_tokens == whole.usage.prompt_tokens
+    chunks = list(create(client, chat("think hard"), stream=True, logprobs=True))
+    streamed = [e.token for c in chunks for ch in c.choices if ch.logprobs for e in ch.logprobs.content]
+    assert "".join(streamed) == THOUGHT + "</think>42<eos>"  # every token once, in order
 
 
 def test_completions_endpoint_with_stop_strings_and_logprobs(served):
@@ -284,6 +312,10 @@ def test_completions_endpoint_with_stop_strings_and_logprobs(served):
     chunks = list(client.completions.create(model=MODEL, prompt=prompt, max_tokens=120, temperature=0, stream=True,
                                             stop=["step 3"]))
     assert "".join(c.choices[0].text for c in chunks) == cut.choices[0].text
+    both = client.completions.create(model=MODEL, prompt=[prompt, "zz"], n=2, max_tokens=120, temperature=0)
+    assert [c.index for c in both.choices] == [0, 1, 2, 3]
+    assert [c.text for c in both.choices[:2]] == [THOUGHT + "</think>42"] * 2  # prompt-major, as OpenAI orders them
+    assert both.usage.prompt_tokens == len(tok.encode(prompt)) + len(tok.encode("zz"))
 
 
 def test_n_choices_with_a_seed_repeat_exactly(served):
@@ -389,6 +421,21 @@ def test_fuzzed_bodies_get_a_400_and_extreme_values_are_served(served):
         r = httpx.post(url + "/chat/completions", json={**chat("hi"), "max_tokens": 8, **change}, timeout=120)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1, (change, r.text)
     assert server.loop.stats.errors == errors and server.loop.alive
+
+
+def test_a_failing_engine_step_fails_its_requests_with_a_500_and_the_server_goes_on(served):
+    client, server, _ = served
+    engine = server.loop.engine
+
+    def broken_step():
+        raise RuntimeError("injected fault")
+
+    engine.step = broken_step  # the engine thread rebuilds its engine after a failed step
+    with pytest.raises(openai.InternalServerError) as e:
+        create(client, chat("think hard"))
+    assert e.value.body["type"] == "server_error" and "injected fault" in e.value.body["message"]
+    assert server.loop.engine is not engine and server.loop.alive
+    assert create(client, chat("think hard")).choices[0].message.content == "42"
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_row(served):
