@@ -1,0 +1,127 @@
+"""The post-training loop end to end on a tiny model: run directory, per-environment metrics, model/
+at the end, seeded determinism, SIGKILL-like interruption then --resume with identical metrics,
+ESPO's early stop, and the CLI."""
+
+import json
+
+import pytest
+import torch
+
+import chimera.posttrain.train as pt
+from chimera.cli import main
+from chimera.config import ConfigError
+from chimera.models import HybridLM, get_config
+from chimera.tokenizer import ByteTokenizer
+
+ORIGINAL_BUILD = pt.build_model
+
+
+def eos_biased(model, bias=4.0):
+    """Raise the <eos> logit of a random model so its turns end after a few tokens."""
+    eos = ByteTokenizer().eos_id
+    model.lm_head.register_forward_hook(lambda m, i, out: out + bias * torch.nn.functional.one_hot(
+        torch.tensor(eos), out.size(-1)).to(out.dtype))
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sft") / "model"
+    HybridLM(get_config("tiny-moe")).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def biased_models(monkeypatch):
+    monkeypatch.setattr(pt, "build_model", lambda spec: eos_biased(ORIGINAL_BUILD(spec)))
+
+
+def config(checkpoint, out, **kw):
+    cfg = pt.PostTrainConfig(
+        model=checkpoint, envs=("reasoning/add", "tools/lookup"), steps=3, prompts_per_step=2, samples_per_prompt=3,
+        rollout=pt.RolloutOptions(max_new_tokens=12, max_len=300),
+        objective=pt.Objective(overlong="soft", overlong_cache=8, **kw.pop("objective", {})),
+        run=pt.PostTrainRunConfig(out_dir=str(out), eval_problems=2, ckpt_every=1, plots=False), **kw)
+    cfg.validate()
+    return cfg
+
+
+def rows(run):
+    skip = ("time", "charts/rollout_tokens_per_sec", "charts/trainer_tokens_per_sec")
+    return [{k: v for k, v in r.items() if k not in skip} for r in run.metrics()]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_run_is_seeded_and_resumes_exactly_after_a_kill(checkpoint, tmp_path):
+    cfg = config(checkpoint, tmp_path)
+    full = pt.train(cfg, log=lambda s: None)
+    assert (full.path / "config.json").exists() and (full.path / "model" / "config.json").exists()
+    got = rows(full)
+    train_rows = [r for r in got if "charts/reward/reasoning/add" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    for key in ("charts/reward/tools/lookup", "charts/pass_rate/reasoning/add", "charts/response_tokens/tools/lookup",
+                "charts/truncated/reasoning/add", "charts/tool_calls/tools/lookup", "curriculum/pass_rate/tools/lookup",
+                "mismatch/token_mult_prob_error", "losses/policy_loss", "charts/frac_reward_zero_std"):
+        assert key in train_rows[0], key
+    assert train_rows[0]["losses/ratio_dev"] < 1e-5  # the pre-update scoring equals the first gradient pass
+    assert abs(train_rows[0]["mismatch/token_mult_prob_error"] - 1.0) < 1e-3  # engine and trainer agree
+    assert "eval/pass_rate/reasoning/add" in got[0] and got[0]["step"] == 0
+    assert HybridLM.from_pretrained(full.path / "model").config.pattern == get_config("tiny-moe").pattern
+
+    def kill_at_step_3(line):
+        if line.startswith("step     3/3"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        pt.train(config(checkpoint, tmp_path / "b"), log=kill_at_step_3)
+    (killed,) = (tmp_path / "b").iterdir()
+    assert sorted(p.name for p in (killed / "checkpoints").glob("step_*.pt"))[-1] == "step_00000002.pt"
+    resumed = pt.train(config(checkpoint, tmp_path / "b"), resume=str(killed), log=lambda s: None)
+    assert rows(resumed) == got
+    a = pt.HybridLM.from_pretrained(full.path / "model").state_dict()
+    b = pt.HybridLM.from_pretrained(resumed.path / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_espo_stops_its_epochs_past_delta(checkpoint, tmp_path):
+    cfg = config(checkpoint, tmp_path, objective={"algo": "espo", "epochs": 8, "minibatches": 2, "espo_delta": 0.01})
+    cfg.steps, cfg.optim.lr = 1, 3e-2
+    run = pt.train(cfg, log=lambda s: None)
+    (row,) = [r for r in run.metrics() if "losses/grad_steps" in r]
+    assert 1 <= row["losses/grad_steps"] < 16 and row["losses/ratio_dev_at_stop"] > 0.01
+
+
+def test_dynamic_sampling_drops_groups_with_equal_rewards(checkpoint, tmp_path):
+    cfg = config(checkpoint, tmp_path, objective={"algo": "dapo", "dynamic_sampling": True})
+    cfg.objective.overlong = "none"  # rewards are all 0 for a random model: every group is dropped
+    cfg.steps = 1
+    run = pt.train(cfg, log=lambda s: None)
+    (row,) = [r for r in run.metrics() if "charts/groups_kept" in r]
+    assert row["charts/groups_kept"] == 0.0 and row["charts/frac_reward_zero_std"] == 1.0
+    assert row["losses/grad_steps"] == 0.0
+
+
+def test_config_errors_name_the_problem(checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="unknown id 'tools/calc'"):
+        pt.PostTrainConfig(model=checkpoint, envs=("tools/calc",)).validate()
+    with pytest.raises(ValueError, match="env_weights"):
+        pt.PostTrainConfig(model=checkpoint, env_weights=(1.0,)).validate()
+    with pytest.raises(ValueError, match="temperature"):
+        pt.PostTrainConfig(model=checkpoint, rollout=pt.RolloutOptions(temperature=0.0)).validate()
+    with pytest.raises(ConfigError, match="algo"):
+        from chimera.config import from_dict
+        from_dict(pt.PostTrainConfig, {"objective": {"algo": "ppo"}})
+
+
+def test_cli_post_train_runs_a_preset(checkpoint, tmp_path, capsys):
+    rc = main(["post-train", "--preset", "configs/posttrain-quick.json", "--model", checkpoint, "--steps", "1",
+               "--envs", "reasoning/add", "--run.out-dir", str(tmp_path), "--run.no-plots"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "step     1/1" in out and "tok/s" in out and "eta" in out
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "config.json").read_text())["envs"] == ["reasoning/add"]
