@@ -328,8 +328,6 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         ref.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
-    warm = max(1, cfg.optim.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     curriculum = Curriculum(cfg.curriculum, cfg.envs)
     pool = EnvPool()
     run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
@@ -337,7 +335,6 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
         curriculum.load_state_dict(ckpt["curriculum"])
         set_rng_state(ckpt["rng"])
         start = ckpt["step"]
@@ -376,9 +373,11 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
                                                                                                   dtype=torch.bool)
         keep = groups_kept.repeat_interleave(n).float()
         t1 = time.time()
+        lr = cfg.optim.lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))  # warmup, then constant
+        for group in opt.param_groups:
+            group["lr"] = lr
         metrics = update(model, opt, episodes, adv, keep, cfg, tok, step, ref) if keep.any() else \
             {"losses/grad_steps": 0.0, "_trainer_tokens": 0.0}
-        sched.step()
         t_train = time.time() - t1
         done = step + 1
         sampled = sum(ep.response_tokens for ep in episodes)
@@ -387,7 +386,7 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         metrics["charts/groups_kept"] = float(groups_kept.float().mean())
         metrics["charts/rollout_tokens_per_sec"] = sampled / max(t_roll, 1e-9)
         metrics["charts/trainer_tokens_per_sec"] = metrics.pop("_trainer_tokens") / max(t_train, 1e-9)
-        metrics["charts/learning_rate"] = sched.get_last_lr()[0]
+        metrics["charts/learning_rate"] = lr
         for env in cfg.envs:
             metrics[f"curriculum/pass_rate/{env}"] = curriculum.pass_rate(env)
         if done % cfg.run.log_every == 0 or done == cfg.steps:
@@ -396,7 +395,8 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
             per_env = "  ".join(f"{e.split('/')[-1]} {metrics[f'charts/reward/{e}']:.2f}" for e in cfg.envs
                                 if f"charts/reward/{e}" in metrics)
             log(f"step {done:>5}/{cfg.steps}  reward {per_env}  "
-                f"rollout {metrics['charts/rollout_tokens_per_sec']:,.0f} tok/s  train {metrics['charts/trainer_tokens_per_sec']:,.0f} tok/s  "
+                f"rollout {metrics['charts/rollout_tokens_per_sec']:,.0f} tok/s  "
+                f"train {metrics['charts/trainer_tokens_per_sec']:,.0f} tok/s  "
                 f"|r-1| {metrics.get('losses/ratio_dev', 0.0):.3f}  "
                 f"mismatch {metrics.get('mismatch/token_mult_prob_error', 1.0):.4f}  eta {eta / 60:.1f} min")
         if cfg.run.eval_every and done % cfg.run.eval_every == 0 and done != cfg.steps:
@@ -405,7 +405,7 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
             evaluate_now(done)
         if done % cfg.run.ckpt_every == 0 or done == cfg.steps:
             run.checkpoints.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                        "scheduler": sched.state_dict(), "curriculum": curriculum.state_dict(),
+                                        "curriculum": curriculum.state_dict(),
                                         "rng": rng_state(), "config": to_dict(cfg)})
     model.save_pretrained(run.path / "model")
     pool.close()
