@@ -392,7 +392,7 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         if done % cfg.run.log_every == 0 or done == cfg.steps:
             run.log(done, metrics)
             eta = (cfg.steps - done) * (time.time() - t_start) / max(1, done - start)
-            per_env = "  ".join(f"{e.split('/')[-1]} {metrics[f'charts/reward/{e}']:.2f}" for e in cfg.envs
+            per_env = "  ".join(f"{e} {metrics[f'charts/reward/{e}']:.2f}" for e in cfg.envs
                                 if f"charts/reward/{e}" in metrics)
             log(f"step {done:>5}/{cfg.steps}  reward {per_env}  "
                 f"rollout {metrics['charts/rollout_tokens_per_sec']:,.0f} tok/s  "
