@@ -39,7 +39,8 @@ def biased_models(monkeypatch):
 
 def config(checkpoint, out, **kw):
     cfg = pt.PostTrainConfig(
-        model=checkpoint, envs=("reasoning/add", "tools/lookup"), steps=2, prompts_per_step=2, samples_per_prompt=3,
+        model=checkpoint, envs=kw.pop("envs", ("reasoning/add", "clrs/insertion_sort")), steps=2, prompts_per_step=2,
+        samples_per_prompt=3,
         rollout=pt.RolloutOptions(max_new_tokens=12, max_len=300),
         objective=pt.Objective(overlong="soft", overlong_cache=8, **kw.pop("objective", {})),
         run=pt.PostTrainRunConfig(out_dir=str(out), eval_problems=1, ckpt_every=1, plots=False), **kw)
@@ -63,8 +64,9 @@ def test_run_is_seeded_and_resumes_exactly_after_a_kill(checkpoint, tmp_path):
     got = rows(full)
     train_rows = [r for r in got if "charts/reward/reasoning/add" in r]
     assert [r["step"] for r in train_rows] == [1, 2]
-    for key in ("charts/reward/tools/lookup", "charts/pass_rate/reasoning/add", "charts/response_tokens/tools/lookup",
-                "charts/truncated/reasoning/add", "charts/tool_calls/tools/lookup", "curriculum/pass_rate/tools/lookup",
+    for key in ("charts/reward/clrs/insertion_sort", "charts/pass_rate/reasoning/add",
+                "charts/response_tokens/clrs/insertion_sort", "charts/truncated/reasoning/add",
+                "curriculum/pass_rate/clrs/insertion_sort",
                 "mismatch/token_mult_prob_error", "losses/policy_loss", "charts/frac_reward_zero_std"):
         assert key in train_rows[0], key
     assert train_rows[0]["losses/ratio_dev"] < 1e-5  # the pre-update scoring equals the first gradient pass
@@ -96,13 +98,14 @@ def test_espo_stops_its_epochs_past_delta(checkpoint, tmp_path):
 
 
 def test_dynamic_sampling_drops_groups_with_equal_rewards(checkpoint, tmp_path):
-    cfg = config(checkpoint, tmp_path, objective={"algo": "dapo", "dynamic_sampling": True})
+    cfg = config(checkpoint, tmp_path, objective={"algo": "dapo", "dynamic_sampling": True}, envs=("tools/lookup",))
     cfg.objective.overlong = "none"  # rewards are all 0 for a random model: every group is dropped
     cfg.steps = 1
     run = pt.train(cfg, log=lambda s: None)
     (row,) = [r for r in run.metrics() if "charts/groups_kept" in r]
     assert row["charts/groups_kept"] == 0.0 and row["charts/frac_reward_zero_std"] == 1.0
     assert row["losses/grad_steps"] == 0.0
+    assert row["charts/tool_calls/tools/lookup"] == 0.0 and row["charts/turns/tools/lookup"] == 1.0
 
 
 def test_config_errors_name_the_problem(checkpoint, tmp_path):
@@ -119,9 +122,34 @@ def test_config_errors_name_the_problem(checkpoint, tmp_path):
 
 def test_cli_post_train_runs_a_preset(checkpoint, tmp_path, capsys):
     rc = main(["post-train", "--preset", "configs/posttrain-quick.json", "--model", checkpoint, "--steps", "1",
-               "--envs", "reasoning/add", "--run.out-dir", str(tmp_path), "--run.no-plots"])
+               "--envs", "reasoning/add", "--run.out-dir", str(tmp_path), "--run.no-plots", "--sft.steps", "2",
+               "--sft.batch-size", "2"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "step     1/1" in out and "tok/s" in out and "eta" in out
+    assert "step     1/1" in out and "tok/s" in out and "eta" in out and "sft       2/2" in out
     (run,) = tmp_path.iterdir()
     assert json.loads((run / "config.json").read_text())["envs"] == ["reasoning/add"]
+
+
+def test_sft_on_demonstrations_lowers_the_loss_and_masks_env_turns():
+    from chimera.posttrain.envs import make
+    from chimera.posttrain.sft import IGNORE, demonstration, sft, sft_batch
+
+    tok = ByteTokenizer()
+    env = make("tools/lookup")
+    tokens, mask = demonstration(env, tok, seed=3)
+    text = tok.decode([t for t, m in zip(tokens, mask) if m])
+    total = sum(env.store[k] for k in env.keys)
+    assert text.count("<tool_call>") == len(env.keys) and text.endswith(f"</think>{total}<eos>")
+    assert "<tool_response>" in tok.decode(tokens) and "<tool_response>" not in text
+    envs = {"reasoning/add": make("reasoning/add"), "tools/lookup": env}
+    x, y = sft_batch(envs, (1.0, 1.0), tok, 4, 64, seed=0, step=0)
+    assert torch.equal(x, sft_batch(envs, (1.0, 1.0), tok, 4, 64, seed=0, step=0)[0])
+    inside = x[:, 1:] != tok.pad_id  # targets are the next inputs wherever the next input is not padding
+    assert ((y[:, :-1] == IGNORE) | (y[:, :-1] == x[:, 1:]) | ~inside).all() and (y != IGNORE).sum() > 20
+    assert "<tool_response>" not in tok.decode(y[y != IGNORE].tolist())
+    torch.manual_seed(0)
+    model = HybridLM(get_config("tiny"))
+    losses = sft(model, {"reasoning/add": envs["reasoning/add"]}, (1.0,), tok, steps=6, batch_size=4, lr=1e-2,
+                 pool_size=64, seed=0, log=lambda s: None)
+    assert losses[-1] < 0.8 * losses[0]

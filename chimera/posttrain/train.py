@@ -33,6 +33,7 @@ from chimera.posttrain.losses import (
     stop_epochs,
 )
 from chimera.posttrain.rollout import Episode, RolloutConfig, batch_tensors, rollout, token_logprobs
+from chimera.posttrain.sft import sft
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 from chimera.tokenizer import load_tokenizer
 
@@ -102,6 +103,15 @@ class CurriculumOptions:
 
 
 @dataclass
+class SFTOptions:
+    steps: int = 0
+    """SFT steps on solver-made demonstrations before RL (0: none; use it where the environments are new to
+    the model, so that RL starts above zero)."""
+    batch_size: int = 16
+    lr: float = 1e-3
+
+
+@dataclass
 class PostTrainRunConfig(RunSettings):
     name: str = "posttrain"
     log_every: int = 1
@@ -128,6 +138,7 @@ class PostTrainConfig:
     objective: Objective = field(default_factory=Objective)
     optim: OptimOptions = field(default_factory=OptimOptions)
     curriculum: CurriculumOptions = field(default_factory=CurriculumOptions)
+    sft: SFTOptions = field(default_factory=SFTOptions)
     run: PostTrainRunConfig = field(default_factory=PostTrainRunConfig)
 
     def validate(self) -> None:
@@ -353,6 +364,11 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         run.log(step, metrics)
         log(f"eval  step {step}  " + "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items()))
 
+    if start == 0 and cfg.sft.steps > 0:
+        demo_envs = dict(zip(cfg.envs, pool.take(list(cfg.envs))))
+        losses = sft(model, demo_envs, cfg.env_weights or (1.0,) * len(cfg.envs), tok, cfg.sft.steps,
+                     cfg.sft.batch_size, cfg.sft.lr, cfg.curriculum.pool_size, cfg.run.seed, cfg.rollout.thinking, log)
+        run.log(0, {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
     if start == 0:
         evaluate_now(0)
     t_start = time.time()

@@ -53,6 +53,11 @@ class Env:
     def step(self, assistant_text: str) -> StepResult:
         raise NotImplementedError
 
+    def solve(self) -> str:
+        """The scripted solver's next assistant turn (text after ``<think>``, through ``<eos>``): the
+        demonstrations for SFT before RL. Stepping with it from ``reset`` earns reward 1."""
+        raise NotImplementedError(f"{self.id} has no solver")
+
 
 class SingleTurnEnv(Env):
     """One question, one answer, checked by ``verify``. Subclasses give ``sample`` and ``check``."""
@@ -70,6 +75,14 @@ class SingleTurnEnv(Env):
     def check(self, problem: Any, answer: str) -> dict[str, float]:
         """Reward components of ``answer``; must include ``correct`` (0 or 1)."""
         raise NotImplementedError
+
+    def solution(self, problem: Any) -> tuple[str, str]:
+        """A reasoning trace and the right answer for ``problem``."""
+        raise NotImplementedError(f"{self.id} has no solver")
+
+    def solve(self) -> str:
+        thinking, answer = self.solution(self.problem)
+        return f"{thinking}</think>{answer}<eos>"
 
     def reset(self, seed: int, held_out: bool = False) -> list[Message]:
         rng = random.Random(f"{self.id}/{seed}")

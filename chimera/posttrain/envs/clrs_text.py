@@ -122,6 +122,9 @@ class CLRSEnv(SingleTurnEnv):
         n = rng.choice(SIZES)
         return render(self.algorithm, n, np.random.default_rng(rng.randrange(2**63)))
 
+    def solution(self, problem: str) -> tuple[str, str]:
+        return "", problem
+
     def check(self, problem: str, answer: str) -> dict[str, float]:
         return {"correct": float(answer.split() == problem.split())}
 

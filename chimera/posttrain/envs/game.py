@@ -96,7 +96,11 @@ class GameEnv(Env):
         return StepResult([Message("user", text)], 0.0, False, info)
 
     def solve(self) -> str:
-        """The shortest-path solver's next action (diagonal moves toward the stairs)."""
+        """The shortest-path solver's next turn: one move toward the stairs (diagonal where it can)."""
+        return f"</think>{self.solver_action()}<eos>"
+
+    def solver_action(self) -> str:
+        """The shortest-path solver's next action (an open room: diagonal moves toward the stairs)."""
         ch = self.obs["chars"]
         (ar, ac), (gr, gc) = (tuple(np.argwhere(ch == ord(c))[0]) for c in "@>")
         dr, dc = int(np.sign(gr - ar)), int(np.sign(gc - ac))

@@ -40,6 +40,9 @@ class JSONEnv(SingleTurnEnv):
             want, text = sorted(xs), "Sort: " + " ".join(map(str, xs))
         return f"{text} Answer with JSON matching the schema {json.dumps(self.schema)}", want
 
+    def solution(self, problem: Any) -> tuple[str, str]:
+        return "", json.dumps(problem)
+
     def check(self, problem: Any, answer: str) -> dict[str, float]:
         info = {"json_parsed": 0.0, "schema_valid": 0.0, "correct": 0.0}
         if len(answer) > MAX_ANSWER_CHARS:

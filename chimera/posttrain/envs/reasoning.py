@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from chimera.data.synthetic import TASKS, make_task
+from chimera.data.synthetic import TASKS, Example, make_task
 from chimera.posttrain.envs.base import SingleTurnEnv
 
 
@@ -17,25 +17,19 @@ class ReasoningEnv(SingleTurnEnv):
         self.task = make_task(task)
         self.id = f"reasoning/{task}"
 
-    def sample(self, rng: random.Random) -> tuple[str, str]:
+    def sample(self, rng: random.Random) -> tuple[str, Example]:
         ex = self.task.sample(rng)
-        return ex.prompt, ex.prompt
+        return ex.prompt, ex
 
-    def check(self, problem: str, answer: str) -> dict[str, float]:
+    def check(self, problem: Example, answer: str) -> dict[str, float]:
         try:
-            ok = self.task.verify(problem, answer)
+            ok = self.task.verify(problem.prompt, answer)
         except (ValueError, IndexError):  # an answer the task's parser cannot read is wrong
             ok = False
         return {"correct": float(ok)}
 
-    def demonstration(self, seed: int, held_out: bool = False) -> tuple[list, str, str]:
-        """The opening messages, a reasoning trace and the answer (for SFT before RL)."""
-        msgs = self.reset(seed, held_out)
-        rng = random.Random(f"{self.id}/{seed}")
-        while True:  # the same draws as reset, so the example matches the prompt
-            ex = self.task.sample(rng)
-            if ex.prompt == self.prompt:
-                return msgs, ex.thinking, ex.answer
+    def solution(self, problem: Example) -> tuple[str, str]:
+        return problem.thinking, problem.answer
 
 
 IDS = [f"reasoning/{t}" for t in TASKS]

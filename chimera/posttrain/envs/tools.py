@@ -130,11 +130,13 @@ class CalculatorEnv(ToolEnv):
         except CalculatorError as e:
             return {"error": str(e)}
 
-    def solve(self) -> list[str]:
-        """A scripted tool user's assistant turns for the current question (a demonstration)."""
-        expr = self._question.removeprefix("What is ").removesuffix("?")
-        return [f'</think><tool_call>{{"name": "calculator", "arguments": {{"expression": "{expr}"}}}}</tool_call>',
-                f"</think>{self.answer}"]
+    def solve(self) -> str:
+        """The scripted tool user: the expression to the calculator, then its result as the answer."""
+        if self.calls == 0:
+            expr = self._question.removeprefix("What is ").removesuffix("?")
+            call = json.dumps({"name": "calculator", "arguments": {"expression": expr}})
+            return f"</think><tool_call>{call}</tool_call><eos>"
+        return f"</think>{self.answer}<eos>"
 
     def reset(self, seed: int, held_out: bool = False) -> list[Message]:
         msgs = super().reset(seed, held_out)
@@ -169,8 +171,10 @@ class LookupEnv(ToolEnv):
             return {"error": f"no such key {key[:40]!r}"}
         return {"key": key, "value": self.store[key]}
 
-    def solve(self) -> list[str]:
-        """A scripted tool user's assistant turns (a demonstration)."""
-        calls = "".join(f'<tool_call>{{"name": "lookup", "arguments": {{"key": "{k}"}}}}</tool_call>'
-                        for k in self.keys)
-        return [f"</think>{calls}", f"</think>{self.answer}"]
+    def solve(self) -> str:
+        """The scripted tool user: one lookup per key, then the sum as the answer."""
+        if self.calls == 0:
+            calls = "".join(f"<tool_call>{json.dumps({'name': 'lookup', 'arguments': {'key': k}})}</tool_call>"
+                            for k in self.keys)
+            return f"</think>{calls}<eos>"
+        return f"</think>{self.answer}<eos>"
