@@ -58,12 +58,13 @@ def sft_batch(envs: dict[str, Env], weights: Sequence[float], tok, batch_size: i
 
 
 def sft(model, envs: dict[str, Env], weights: Sequence[float], tok, steps: int, batch_size: int, lr: float,
-        pool_size: int, seed: int, thinking: bool = True, log=print) -> list[float]:
-    """``steps`` AdamW steps of cross-entropy on demonstrations; returns the losses."""
+        pool_size: int, seed: int, thinking: bool = True, log=print, first_step: int = 0) -> list[float]:
+    """``steps`` AdamW steps of cross-entropy on demonstrations (batches ``first_step`` onwards); returns the
+    losses."""
     opt = torch.optim.AdamW(model.param_groups(0.0), lr=lr, betas=(0.9, 0.95))
     model.train()
     losses = []
-    for step in range(steps):
+    for step in range(first_step, first_step + steps):
         x, y = sft_batch(envs, weights, tok, batch_size, pool_size, seed, step, thinking)
         out = model(x)
         loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
@@ -73,6 +74,7 @@ def sft(model, envs: dict[str, Env], weights: Sequence[float], tok, steps: int, 
         opt.zero_grad(set_to_none=True)
         model.update_moe_bias()
         losses.append(loss.item())
-        if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
-            log(f"sft   {step + 1:>5}/{steps}  loss {loss.item():.4f}")
+        done = step + 1 - first_step
+        if done % max(1, steps // 10) == 0 or done == steps:
+            log(f"sft   {done:>5}/{steps}  loss {loss.item():.4f}")
     return losses
