@@ -87,14 +87,19 @@ def test_run_is_seeded_and_resumes_exactly_after_a_kill(checkpoint, tmp_path):
     a = pt.HybridLM.from_pretrained(full.path / "model").state_dict()
     b = pt.HybridLM.from_pretrained(resumed.path / "model").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    start = pt.HybridLM.from_pretrained(checkpoint).state_dict()
+    biases = [k for k in a if k.endswith("e_score_correction_bias")]
+    assert biases and any(not torch.equal(a[k], start[k]) for k in biases)  # MoE balancing ran during RL
 
 
 def test_espo_stops_its_epochs_past_delta(checkpoint, tmp_path):
-    cfg = config(checkpoint, tmp_path, objective={"algo": "espo", "epochs": 8, "minibatches": 2, "espo_delta": 0.01})
+    cfg = config(checkpoint, tmp_path, objective={"algo": "espo", "epochs": 8, "minibatches": 2, "espo_delta": 0.01,
+                                                  "kl_beta": 0.05})
     cfg.steps, cfg.optim.lr = 1, 3e-2
     run = pt.train(cfg, log=lambda s: None)
     (row,) = [r for r in run.metrics() if "losses/grad_steps" in r]
     assert 1 <= row["losses/grad_steps"] < 16 and row["losses/ratio_dev_at_stop"] > 0.01
+    assert row["losses/kl_ref"] == pytest.approx(0.0, abs=1e-6)  # the frozen reference is the starting policy
 
 
 def test_dynamic_sampling_drops_groups_with_equal_rewards(checkpoint, tmp_path):

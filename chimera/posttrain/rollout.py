@@ -9,7 +9,8 @@ merges differently), which broke veRL's PPO. ``mask`` is 1 exactly on the sample
 prompt and every environment turn are out of the loss; ``logprobs`` holds the engine's
 log-probabilities of those tokens.
 
-Every turn of every active episode is one ``Request`` on one ``Engine``: the same seed gives the
+Every turn of every active episode is one ``Request`` on one ``Engine`` whose prompt is the episode so
+far (prefilled again each turn; the engine keeps no cache between requests). The same seed gives the
 same episodes (each request's uniforms come from (seed, prompt, sample, turn)), whatever else
 shares the batch.
 """

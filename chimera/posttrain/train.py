@@ -54,16 +54,24 @@ class RolloutOptions:
 
 @dataclass
 class Objective:
+    """The policy objective (``chimera.posttrain.losses``) and how each step's episodes feed it."""
+
     algo: Literal["grpo", "dr_grpo", "dapo", "gspo", "espo"] = "grpo"
     eps_low: float = 0.2
+    """Ratio clip below 1 - eps_low (GSPO's paper: 3e-4 with its sequence-level ratio)."""
     eps_high: float = 0.2
+    """Ratio clip above 1 + eps_high (DAPO's clip-higher: 0.28; GSPO's paper: 4e-4)."""
     scale_rewards: bool = True
+    """Divide group-centred rewards by the group's std (never for dr_grpo)."""
     max_tokens: int = 0
+    """dr_grpo's constant per-sequence normaliser (0: the batch's padded length)."""
     espo_delta: float = 0.25
+    """ESPO: stop the step's epochs once mean |ratio - 1| passes this."""
     kl_beta: float = 0.0
     """KL to the starting model (0: off; otherwise a frozen copy scores every batch)."""
     kl_estimator: Literal["k1", "k3"] = "k3"
     is_correction: Literal["none", "tis", "mis"] = "tis"
+    """Rollout-vs-trainer importance weights: truncated at is_cap (tis), or tokens outside [1/cap, cap] out (mis)."""
     is_cap: float = 2.0
     epochs: int = 1
     """Passes over each step's episodes (ESPO: at most this many, stopped at delta)."""
@@ -297,6 +305,8 @@ def update(model: HybridLM, opt: torch.optim.Optimizer, episodes: list[Episode],
     rows = torch.nonzero(mask.sum(1) > 0).flatten()
     stats: dict[str, list[float]] = {}
     steps, stopped, tokens = 0, False, 0
+    if len(rows) == 0:  # every episode filtered out (overlong filtering, dynamic sampling)
+        return {"losses/grad_steps": 0.0, "losses/epochs_used": 0.0, "_trainer_tokens": 0.0}
     g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
     for _epoch in range(ob.epochs):
         for mb in rows[torch.randperm(len(rows), generator=g)].chunk(ob.minibatches):
