@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--rl-lr", type=float, default=1e-4)
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--eval-problems", type=int, default=16)
     ap.add_argument("--algos", nargs="+", default=["grpo", "dapo", "espo"])
     ap.add_argument("--threads", type=int, default=2)

@@ -40,7 +40,7 @@ def biased_models(monkeypatch):
 def config(checkpoint, out, **kw):
     cfg = pt.PostTrainConfig(
         model=checkpoint, envs=kw.pop("envs", ("reasoning/add", "clrs/insertion_sort")), steps=2, prompts_per_step=2,
-        samples_per_prompt=3,
+        samples_per_prompt=2,
         rollout=pt.RolloutOptions(max_new_tokens=12, max_len=300),
         objective=pt.Objective(overlong="soft", overlong_cache=8, **kw.pop("objective", {})),
         run=pt.PostTrainRunConfig(out_dir=str(out), eval_problems=1, ckpt_every=1, plots=False), **kw)
@@ -128,10 +128,11 @@ def test_config_errors_name_the_problem(checkpoint, tmp_path):
 def test_cli_post_train_runs_a_preset(checkpoint, tmp_path, capsys):
     rc = main(["post-train", "--preset", "configs/posttrain-quick.json", "--model", checkpoint, "--steps", "1",
                "--envs", "reasoning/add", "--run.out-dir", str(tmp_path), "--run.no-plots", "--sft.steps", "2",
-               "--sft.batch-size", "2"])
+               "--sft.batch-size", "2", "--rollout.max-new-tokens", "16"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "step     1/1" in out and "tok/s" in out and "eta" in out and "sft       2/2" in out
+    assert "warning: reasoning/add's solver needs" in out and "max_new_tokens=16" in out  # 16 is too few to answer
     (run,) = tmp_path.iterdir()
     assert json.loads((run / "config.json").read_text())["envs"] == ["reasoning/add"]
 

@@ -40,6 +40,19 @@ def demonstration(env: Env, tok, seed: int, thinking: bool = True,
     raise RuntimeError(f"{env.id}'s solver did not finish seed {seed} within {env.max_turns} turns")
 
 
+def solver_needs(env: Env, tok, seeds: int = 8, thinking: bool = True) -> tuple[int, int]:
+    """The longest assistant turn and the longest episode (tokens) of the solver over a few problems:
+    what ``rollout.max_new_tokens`` and ``rollout.max_len`` must allow for the environment to be solvable."""
+    turn = episode = 0
+    for seed in range(seeds):
+        tokens, mask = demonstration(env, tok, seed, thinking)
+        episode, run = max(episode, len(tokens)), 0
+        for m in mask:
+            run = run + 1 if m else 0
+            turn = max(turn, run)
+    return turn, episode
+
+
 def sft_batch(envs: dict[str, Env], weights: Sequence[float], tok, batch_size: int, pool_size: int, seed: int,
               step: int, thinking: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """inputs (b, T) and targets (b, T) with IGNORE off the assistant turns: a pure function of (seed, step)."""

@@ -33,7 +33,7 @@ from chimera.posttrain.losses import (
     stop_epochs,
 )
 from chimera.posttrain.rollout import Episode, RolloutConfig, batch_tensors, rollout, token_logprobs
-from chimera.posttrain.sft import sft
+from chimera.posttrain.sft import sft, solver_needs
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 from chimera.tokenizer import load_tokenizer
 
@@ -374,6 +374,12 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         run.log(step, metrics)
         log(f"eval  step {step}  " + "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items()))
 
+    for env_id, env in zip(cfg.envs, pool.take(list(cfg.envs))):
+        turn, episode = solver_needs(env, tok, thinking=r.thinking)
+        if turn > r.max_new_tokens or episode > r.max_len:
+            log(f"warning: {env_id}'s solver needs {turn} tokens per turn and {episode} per episode; with "
+                f"rollout.max_new_tokens={r.max_new_tokens} and rollout.max_len={r.max_len} the model cannot solve "
+                f"it (raise them)")
     if start == 0 and cfg.sft.steps > 0:
         demo_envs = dict(zip(cfg.envs, pool.take(list(cfg.envs))))
         losses = sft(model, demo_envs, cfg.env_weights or (1.0,) * len(cfg.envs), tok, cfg.sft.steps,
