@@ -220,6 +220,9 @@ def test_game_scripted_solver_reaches_the_stairs_and_bad_actions_do_not():
     a = env.reset(seed=7)
     assert a == env.reset(seed=7)
     env.reset(seed=7, held_out=True)
+    from chimera.posttrain.envs.game import random_policy_rate
+
+    assert random_policy_rate(env, 40) < 0.1  # 4 diagonal moves needed in 6 turns: a random mover rarely makes it
     env.close()
     env = make("game/Room-Random-5x5")
     maps = {env.reset(seed=s, held_out=True)[-1].content.split("\nHello")[0] for s in range(3)}

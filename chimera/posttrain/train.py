@@ -24,6 +24,7 @@ from chimera.inference import Sampler
 from chimera.models import HybridLM, get_config
 from chimera.models.config import SIZES
 from chimera.posttrain.envs import Env, list_ids, make
+from chimera.posttrain.envs.game import GameEnv, random_policy_rate
 from chimera.posttrain.losses import (
     LossConfig,
     group_advantages,
@@ -269,12 +270,16 @@ def env_metrics(episodes: list[Episode], prefix: str) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(model: HybridLM, tok, cfg: PostTrainConfig, pool: EnvPool) -> dict[str, float]:
-    """Held-out pass rate per environment: greedy episodes on problems never trained on."""
+    """Held-out pass rate per environment (greedy episodes on problems never trained on), and for games the
+    random policy's success rate on the same levels."""
     problems = [(e, s, True) for e in cfg.envs for s in range(cfg.run.eval_problems)]
+    baselines = {f"eval/random_policy/{e}": random_policy_rate(env, cfg.run.eval_problems)
+                 for e, env in zip(cfg.envs, pool.take(list(cfg.envs))) if isinstance(env, GameEnv)}
     r = cfg.rollout
     rc = RolloutConfig(r.max_new_tokens, r.max_len, r.max_turns, r.thinking, compile=r.compile)
     eps = rollout(model, tok, pool.take([p[0] for p in problems]), problems, 1, Sampler(), rc, seed=0)
-    return {k: v for k, v in env_metrics(eps, "eval").items() if "/pass_rate/" in k or "/tool_calls/" in k}
+    got = {k: v for k, v in env_metrics(eps, "eval").items() if "/pass_rate/" in k or "/tool_calls/" in k}
+    return {**got, **baselines}
 
 
 def shaped_rewards(episodes: list[Episode], cfg: PostTrainConfig) -> torch.Tensor:

@@ -110,4 +110,19 @@ class GameEnv(Env):
         self.env.close()
 
 
+def random_policy_rate(env: GameEnv, episodes: int, seed: int = 0, held_out: bool = True) -> float:
+    """The share of ``episodes`` a uniformly random mover solves within the turn limit (the baseline a
+    game result is read against)."""
+    rng = random.Random(f"random-policy/{seed}")
+    wins = 0
+    for k in range(episodes):
+        env.reset(seed=k, held_out=held_out)
+        for _ in range(env.max_turns):
+            r = env.step(f"</think>{rng.choice(ACTIONS)}<eos>")
+            if r.done:
+                wins += int(r.reward > 0)
+                break
+    return wins / episodes
+
+
 IDS = [f"game/{g}" for g in GAMES]
