@@ -43,9 +43,9 @@ from chimera.tokenizer import load_tokenizer
 class RolloutOptions:
     temperature: float = 1.0
     """Sampling temperature of the rollouts (top-k / top-p stay off, so the trainer's distribution is the engine's)."""
-    max_new_tokens: int = 64
-    """Tokens per assistant turn."""
-    max_len: int = 512
+    max_new_tokens: int = 128
+    """Tokens per assistant turn (a calculator call takes ~90, three lookups ~165)."""
+    max_len: int = 768
     """Tokens per episode in all."""
     max_turns: int = 8
     thinking: bool = True
@@ -138,11 +138,15 @@ class PostTrainConfig:
     model: str = "tiny"
     """An HF NemotronH checkpoint directory (e.g. a train-lm run's model/); a named size starts from random weights."""
     envs: tuple[str, ...] = ("reasoning/add", "tools/calculator")
+    """Environment ids (chimera.posttrain.envs.list_ids), trained on all at once."""
     env_weights: tuple[float, ...] = ()
     """Share of each step's prompts per environment (empty: equal)."""
     steps: int = 100
+    """RL steps (one rollout batch and its update each)."""
     prompts_per_step: int = 8
+    """Problems per step, split across environments by env_weights."""
     samples_per_prompt: int = 4
+    """Episodes per problem: the group whose rewards make the advantages."""
     rollout: RolloutOptions = field(default_factory=RolloutOptions)
     objective: Objective = field(default_factory=Objective)
     optim: OptimOptions = field(default_factory=OptimOptions)
