@@ -367,6 +367,8 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         opt.load_state_dict(ckpt["optimizer"])
         curriculum.load_state_dict(ckpt["curriculum"])
         set_rng_state(ckpt["rng"])
+        if ref is not None and "reference" in ckpt:
+            ref.load_state_dict(ckpt["reference"])
         start = ckpt["step"]
         log(f"resumed {run.path} at step {start}")
     if resume:
@@ -394,6 +396,8 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         losses = sft(model, demo_envs, cfg.env_weights or (1.0,) * len(cfg.envs), tok, cfg.sft.steps,
                      cfg.sft.batch_size, cfg.sft.lr, cfg.curriculum.pool_size, cfg.run.seed, cfg.rollout.thinking, log)
         run.log(0, {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
+        if ref is not None:  # the KL holds the policy near where RL starts: after the SFT stage
+            ref.load_state_dict(model.state_dict())
     if start == 0:
         evaluate_now(0)
     t_start = time.time()
@@ -447,7 +451,8 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         if done % cfg.run.ckpt_every == 0 or done == cfg.steps:
             run.checkpoints.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                         "curriculum": curriculum.state_dict(),
-                                        "rng": rng_state(), "config": to_dict(cfg)})
+                                        "rng": rng_state(), "config": to_dict(cfg),
+                                        **({"reference": ref.state_dict()} if ref is not None else {})})
     model.save_pretrained(run.path / "model")
     pool.close()
     plots = plot_metrics(run.metrics_path, run.path / "plots") if cfg.run.plots else []
