@@ -13,7 +13,8 @@ sequence.
   (B x ``max_tokens``) so neither a sequence's length nor its group's spread rescales it.
 - ``dapo``: clip-higher (eps_high > eps_low), token-level mean over the batch; dynamic sampling
   (``keep_groups``) and overlong shaping (``overlong_penalty``) act on the rewards.
-- ``gspo``: one ratio per sequence, exp(mean over its tokens of logp - old_logp), clipped.
+- ``gspo``: one ratio per sequence, exp(mean over its tokens of logp - old_logp), clipped (and one
+  importance weight per sequence, the geometric mean of its tokens').
 - ``espo``: the unclipped surrogate ratio * A, token mean; the loop stops an iteration's epochs once
   mean |ratio - 1| exceeds ``espo_delta`` (``stop_epochs``, checked after every gradient step).
 
@@ -109,7 +110,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, 
         seq_delta = (delta * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B,)
         ratio_seq = seq_delta.exp()[:, None]  # (B, 1)
         clipped = ratio_seq.clamp(1 - cfg.eps_low, 1 + cfg.eps_high)
-        per_seq = -torch.min(ratio_seq * A, clipped * A)[:, 0]  # (B,)
+        w_seq = ((w.log() * mask).sum(1) / mask.sum(1).clamp(min=1)).exp()  # (B,) the IS weights' geometric mean
+        per_seq = -torch.min(ratio_seq * A, clipped * A)[:, 0] * w_seq  # (B,)
         has = (mask.sum(1) > 0).to(per_seq.dtype)
         loss = (per_seq * has).sum() / has.sum().clamp(min=1)
         ratio = ratio_seq.expand_as(logp)
