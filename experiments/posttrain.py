@@ -51,6 +51,47 @@ def held_out(model, a, seed: int) -> dict[str, float]:
     return {e: got[f"eval/pass_rate/{e}"] for e in a.envs}
 
 
+def write(a, seeds: list[dict]) -> list[str]:
+    """Write the JSON, the Markdown table and the plot for the seeds done so far; return the table."""
+    arms = ["sft", "sft_continued", *a.algos]
+    mean = {arm: {e: sum(r[arm]["held_out"][e] for r in seeds) / len(seeds) for e in a.envs} for arm in arms}
+    result = {"label": f"TINY run on 2 shared CPU cores: model {a.model}, {a.sft_steps} SFT steps, {a.rl_steps} RL "
+                       f"steps of {a.prompts} prompts x {a.samples} samples, {a.eval_problems} held-out problems per "
+                       f"environment, {len(seeds)} of {a.seeds} seed(s) done; far below the issue's goals' scale",
+              "args": vars(a), "mean_held_out": mean, "seeds": seeds}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# Post-training (multi-environment RL)\n\n{result['label']}.\n",
+             "Held-out pass rate (greedy), mean over seeds:\n",
+             "| environment | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    lines += [f"| {e} | " + " | ".join(f"{mean[arm][e]:.3f}" for arm in arms) + " |" for e in a.envs]
+    lines += ["", "Training reward per step (mean over environments, seed 1) and rollout/trainer mismatch "
+              "(token_mult_prob_error, 1 = identical):", "", "| algo | reward per step | mismatch (max) |",
+              "|---|---|---|"]
+    lines += [f"| {algo} | {' '.join(f'{x:.2f}' for x in seeds[0][algo]['reward_curve'])} | "
+              f"{max(seeds[0][algo]['mismatch']):.5f} |" for algo in a.algos]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for algo in a.algos:
+            ax.plot(range(1, a.rl_steps + 1), seeds[0][algo]["reward_curve"], marker=".", label=algo)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel("mean training reward")
+        ax.set_title("post-training reward (tiny CPU run, seed 1)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out.with_suffix(".png"), dpi=100)
+    except ImportError:
+        pass
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--envs", nargs="+", default=list(ENVS))
@@ -112,42 +153,7 @@ def main() -> None:
         print(f"seed {seed} SFT continued ({done} steps): {row['sft_continued']['held_out']}")
         pool.close()
         seeds.append(row)
-    arms = ["sft", "sft_continued", *a.algos]
-    mean = {arm: {e: sum(r[arm]["held_out"][e] for r in seeds) / len(seeds) for e in a.envs} for arm in arms}
-    result = {"label": f"TINY run on 2 shared CPU cores: model {a.model}, {a.sft_steps} SFT steps, {a.rl_steps} RL "
-                       f"steps of {a.prompts} prompts x {a.samples} samples, {a.eval_problems} held-out problems per "
-                       f"environment, {a.seeds} seed(s); far below the issue's goals' scale",
-              "args": vars(a), "mean_held_out": mean, "seeds": seeds}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Post-training (multi-environment RL)\n\n{result['label']}.\n",
-             "Held-out pass rate (greedy), mean over seeds:\n",
-             "| environment | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
-    lines += [f"| {e} | " + " | ".join(f"{mean[arm][e]:.3f}" for arm in arms) + " |" for e in a.envs]
-    lines += ["", "Training reward per step (mean over environments, seed 1) and rollout/trainer mismatch "
-              "(token_mult_prob_error, 1 = identical):", "", "| algo | reward per step | mismatch (max) |",
-              "|---|---|---|"]
-    lines += [f"| {algo} | {' '.join(f'{x:.2f}' for x in seeds[0][algo]['reward_curve'])} | "
-              f"{max(seeds[0][algo]['mismatch']):.5f} |" for algo in a.algos]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for algo in a.algos:
-            ax.plot(range(1, a.rl_steps + 1), seeds[0][algo]["reward_curve"], marker=".", label=algo)
-        ax.set_xlabel("RL step")
-        ax.set_ylabel("mean training reward")
-        ax.set_title("post-training reward (tiny CPU run, seed 1)")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=100)
-    except ImportError:
-        pass
+        lines = write(a, seeds)  # after every seed, so a cut run keeps what it finished
     print("\n".join(lines))
 
 
