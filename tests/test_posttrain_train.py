@@ -111,6 +111,7 @@ def test_dynamic_sampling_drops_groups_with_equal_rewards(checkpoint, tmp_path):
     assert row["charts/groups_kept"] == 0.0 and row["charts/frac_reward_zero_std"] == 1.0
     assert row["losses/grad_steps"] == 0.0
     assert row["charts/tool_calls/tools/lookup"] == 0.0 and row["charts/turns/tools/lookup"] == 1.0
+    assert row["charts/info/tool_errors/tools/lookup"] == 0.0
 
 
 def test_config_errors_name_the_problem(checkpoint, tmp_path):

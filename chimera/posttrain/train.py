@@ -254,7 +254,8 @@ def choose_problems(cfg: PostTrainConfig, curriculum: Curriculum, step: int) -> 
 
 
 def env_metrics(episodes: list[Episode], prefix: str) -> dict[str, float]:
-    """Per environment: reward, pass rate, response length, truncation rate, turns and tool calls per episode."""
+    """Per environment: reward, pass rate, response length, truncation rate, turns and tool calls per episode,
+    and the mean of every other reward component the environment reports (``info/<key>``)."""
     out: dict[str, float] = {}
     for env in sorted({ep.env_id for ep in episodes}):
         eps = [ep for ep in episodes if ep.env_id == env]
@@ -269,6 +270,8 @@ def env_metrics(episodes: list[Episode], prefix: str) -> dict[str, float]:
         out[f"{prefix}/turns/{env}"] = mean([len(ep.turns) for ep in eps])
         if any("tool_calls" in ep.info for ep in eps):
             out[f"{prefix}/tool_calls/{env}"] = mean([ep.info.get("tool_calls", 0.0) for ep in eps])
+        for key in sorted({k for ep in eps for k in ep.info} - {"correct", "tool_calls", "turns"}):
+            out[f"{prefix}/info/{key}/{env}"] = mean([float(ep.info.get(key, 0.0)) for ep in eps])
     return out
 
 
