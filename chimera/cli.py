@@ -116,6 +116,19 @@ def cmd_train_lm(argv: list[str]) -> int:
     return 0
 
 
+def cmd_post_train(argv: list[str]) -> int:
+    from chimera.posttrain.train import PostTrainConfig, train
+
+    cfg, flags = parse_cli(
+        PostTrainConfig, argv, prog="chimera post-train",
+        description=("Post-train a hybrid LM with RL on several environments at once (GRPO, Dr.GRPO, DAPO, GSPO, "
+                     "ESPO). --preset PATH loads a JSON preset (configs/posttrain*.json); later flags override it. "
+                     "--resume RUN_DIR continues a run from its latest checkpoint with its saved config."),
+        preset_flags=("--preset", "--resume"))
+    train(cfg, resume=flags.get("--resume"))
+    return 0
+
+
 def cmd_train_rl(argv: list[str]) -> int:
     from chimera.rl.train import TrainRLConfig, train_rl
 
@@ -372,6 +385,7 @@ COMMANDS = {
     "envs": (cmd_envs, "list environment ids, or step one and print its steps/s"),
     "clrs": (cmd_clrs, "CLRS-30: list / sample algorithms, train MPNN / PGN / Triplet-GMPNN learners"),
     "train-lm": (cmd_train_lm, "train a hybrid LM on synthetic reasoning tasks (presets in configs/)"),
+    "post-train": (cmd_post_train, "post-train an LM with multi-environment RL (GRPO / DAPO / GSPO / ESPO)"),
     "generate": (cmd_generate, "generate text from a checkpoint directory, with or without thinking"),
     "serve": (cmd_serve, "serve a checkpoint over an OpenAI-compatible API (chat, completions, streaming)"),
     "models": (cmd_models, "list named model sizes and their parameter counts"),

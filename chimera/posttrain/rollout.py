@@ -1,0 +1,173 @@
+"""Multi-turn rollouts on the inference engine, token-in / token-out.
+
+An episode's token sequence is built only from token ids: the chat-templated opening messages,
+then per turn exactly the tokens the engine sampled (up to and including the stop token), then the
+environment's reply rendered as a chat turn plus the next generation prompt. The model's text is
+decoded once, for the environment to read, and never encoded again: re-tokenising it would train
+on tokens the policy did not sample (a byte tokenizer's invalid UTF-8 comes back as U+FFFD; a BPE
+merges differently), which broke veRL's PPO. ``mask`` is 1 exactly on the sampled tokens, so the
+prompt and every environment turn are out of the loss; ``logprobs`` holds the engine's
+log-probabilities of those tokens.
+
+Every turn of every active episode is one ``Request`` on one ``Engine`` whose prompt is the episode so
+far (prefilled again each turn; the engine keeps no cache between requests). The same seed gives the
+same episodes (each request's uniforms come from (seed, prompt, sample, turn)), whatever else
+shares the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from chimera.inference import Engine, Request, Sampler
+from chimera.posttrain.envs import Env
+from chimera.tokenizer import Message, render_chat
+
+
+@dataclass
+class Episode:
+    """One sampled episode: its tokens, which of them were sampled, and what the environment said."""
+
+    env_id: str
+    seed: int
+    prompt_index: int
+    sample: int
+    tokens: list[int] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    """1 on sampled tokens, 0 on the prompt and environment turns."""
+    logprobs: list[float] = field(default_factory=list)
+    """The engine's log p of each sampled token (0.0 elsewhere)."""
+    prompt_len: int = 0
+    turns: list[list[int]] = field(default_factory=list)
+    """The tokens sampled in each assistant turn."""
+    reward: float = 0.0
+    info: dict = field(default_factory=dict)
+    truncated: bool = False
+    """A turn hit its token limit (no stop token), or the context filled up, before the episode ended."""
+    done: bool = False
+
+    @property
+    def response_tokens(self) -> int:
+        return sum(self.mask)
+
+
+def chat_ids(tok, messages: Sequence[Message], opening: bool, thinking: bool = True) -> list[int]:
+    """Token ids of chat turns with the next generation prompt; the opening has the tokenizer's bos."""
+    bos = tok.decode([tok.bos_id]) if opening else ""
+    eos = tok.decode([tok.eos_id])
+    return tok.encode(render_chat(messages, add_generation_prompt=True, enable_thinking=thinking, bos=bos, eos=eos))
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    max_new_tokens: int = 64
+    """Tokens one assistant turn may sample."""
+    max_len: int = 512
+    """Tokens an episode may hold in all (prompt, turns, environment replies)."""
+    max_turns: int = 8
+    """Assistant turns at most (environments end sooner by their own limits)."""
+    thinking: bool = True
+    max_rows: int = 256
+    compile: bool = False
+
+
+def rollout(model, tok, envs: Sequence[Env], problems: Sequence[tuple[str, int, bool]], n: int,
+            sampler: Sampler, cfg: RolloutConfig, seed: int) -> list[Episode]:
+    """``n`` episodes of each problem (env id, seed, held_out), group-major; ``envs`` holds one fresh or
+    reusable environment per episode (``len(problems) * n`` of them, ``envs[i * n + j]`` for sample j of
+    problem i)."""
+    if len(envs) != len(problems) * n:
+        raise ValueError(f"rollout needs {len(problems) * n} environments (problems x n), got {len(envs)}")
+    episodes: list[Episode] = []
+    for i, (env_id, env_seed, held_out) in enumerate(problems):
+        for j in range(n):
+            ep = Episode(env_id, env_seed, i, j)
+            opening = envs[i * n + j].reset(seed=env_seed, held_out=held_out)
+            ep.tokens = chat_ids(tok, opening, True, cfg.thinking)
+            ep.prompt_len = len(ep.tokens)
+            ep.mask, ep.logprobs = [0] * len(ep.tokens), [0.0] * len(ep.tokens)
+            if ep.prompt_len >= cfg.max_len:
+                raise ValueError(f"{env_id} (seed {env_seed}) opens with {ep.prompt_len} tokens; raise "
+                                 f"rollout.max_len above {cfg.max_len}")
+            episodes.append(ep)
+    was_training = model.training
+    model.eval()
+    try:
+        for turn in range(cfg.max_turns):
+            active = [k for k, ep in enumerate(episodes) if not ep.done]
+            if not active:
+                break
+            requests = {k: Request(list(episodes[k].tokens),
+                                   min(cfg.max_new_tokens, cfg.max_len - len(episodes[k].tokens)), sampler,
+                                   frozenset({tok.eos_id}), seed,
+                                   f"{episodes[k].prompt_index}/{episodes[k].sample}/{turn}")
+                        for k in active}
+            _run(model, list(requests.values()), cfg)
+            for k, req in requests.items():
+                _advance(episodes[k], envs[k], req, tok, cfg, last_turn=turn == cfg.max_turns - 1)
+    finally:
+        model.train(was_training)
+    return episodes
+
+
+def _run(model, requests: list[Request], cfg: RolloutConfig) -> None:
+    capacity = max(len(r.prompt) + r.max_new_tokens for r in requests)
+    engine = Engine(model, min(cfg.max_rows, len(requests)), capacity, cfg.compile)
+    for r in requests:
+        engine.submit(r)
+    for _ in engine.run():
+        pass
+
+
+def _advance(ep: Episode, env: Env, req: Request, tok, cfg: RolloutConfig, last_turn: bool) -> None:
+    """Append a turn's sampled tokens, let the environment answer, append its reply (unmasked)."""
+    ep.tokens += req.tokens
+    ep.mask += [1] * len(req.tokens)
+    ep.logprobs += req.logprobs
+    ep.turns.append(list(req.tokens))
+    if req.finish_reason != "stop":  # cut mid-turn: the answer never ended
+        ep.truncated = ep.done = True
+        ep.info = {**ep.info, "correct": 0.0}
+        return
+    result = env.step(tok.decode(req.tokens))
+    ep.reward, ep.info = float(result.reward), dict(result.info)
+    if result.done:
+        ep.done = True
+        return
+    reply = chat_ids(tok, result.messages, False, cfg.thinking)
+    if last_turn or len(ep.tokens) + len(reply) >= cfg.max_len:
+        ep.truncated = ep.done = True
+        return
+    ep.tokens += reply
+    ep.mask += [0] * len(reply)
+    ep.logprobs += [0.0] * len(reply)
+
+
+def batch_tensors(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Tensor]:
+    """Next-token training tensors: inputs (B, L-1), targets (B, L-1), mask (B, L-1) on the sampled targets,
+    rollout_logp (B, L-1) the engine's log p of each target (L: the longest episode)."""
+    L = max(len(ep.tokens) for ep in episodes)
+    B = len(episodes)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, L)
+    lp = torch.zeros(B, L)
+    for b, ep in enumerate(episodes):
+        n = len(ep.tokens)
+        ids[b, :n] = torch.tensor(ep.tokens)
+        mask[b, :n] = torch.tensor(ep.mask, dtype=torch.float32)
+        lp[b, :n] = torch.tensor(ep.logprobs)
+    return {"inputs": ids[:, :-1], "targets": ids[:, 1:], "mask": mask[:, 1:], "rollout_logp": lp[:, 1:]}
+
+
+def token_logprobs(model, inputs: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B, L) log p(target) under ``model`` at ``temperature`` (the distribution the engine samples from
+    when top-k and top-p are off)."""
+    logits = model(inputs).logits  # (B, L, V) fp32
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+
+

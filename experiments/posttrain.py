@@ -1,0 +1,161 @@
+"""Post-training with multi-environment RL, at the size two shared CPU cores allow.
+
+Per seed: a random tiny model is first taught the environments' formats by SFT on solver-made
+demonstrations (``chimera.posttrain.sft``: reasoning traces, the scripted calculator user, the JSON
+and CLRS answers); that SFT model is the start of every arm. Arms: GRPO, DAPO and ESPO post-training
+(``chimera.posttrain.train``) on all environments mixed, and "SFT continued" for the same wall-clock
+time as the mean RL arm (the compute baseline). Held-out pass rates (greedy, problems never trained on)
+per environment before and after, the RL arms' reward curves and the rollout / trainer mismatch.
+
+    python experiments/posttrain.py                       # the tiny default (see --help for sizes)
+    python experiments/posttrain.py --seeds 1 --sft-steps 20 --rl-steps 2   # a smoke run
+Writes results/posttrain.json, results/posttrain.md and results/posttrain.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import chimera.posttrain.train as pt
+from chimera.models import HybridLM, get_config
+from chimera.posttrain.sft import sft
+from chimera.tokenizer import ByteTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+ENVS = ("reasoning/add", "clrs/insertion_sort", "json/sort", "tools/calculator")
+
+
+def config(a, model: str, algo: str, seed: int, out: Path) -> pt.PostTrainConfig:
+    extra = {"dapo": dict(eps_high=0.28, dynamic_sampling=True, overlong="soft", overlong_cache=8),
+             "espo": dict(epochs=4, minibatches=2, espo_delta=0.25)}.get(algo, {})
+    cfg = pt.PostTrainConfig(
+        model=model, envs=tuple(a.envs), steps=a.rl_steps, prompts_per_step=a.prompts, samples_per_prompt=a.samples,
+        rollout=pt.RolloutOptions(max_new_tokens=a.max_new_tokens, max_len=512),
+        objective=pt.Objective(algo=algo, **extra), optim=pt.OptimOptions(lr=a.rl_lr),
+        run=pt.PostTrainRunConfig(name=f"posttrain-exp-{algo}-s{seed}", seed=seed, out_dir=str(out),
+                                  eval_problems=a.eval_problems, ckpt_every=a.rl_steps, plots=False, threads=a.threads))
+    cfg.validate()
+    return cfg
+
+
+def held_out(model, a, seed: int) -> dict[str, float]:
+    cfg = config(a, "tiny", "grpo", seed, ROOT / "runs")
+    pool = pt.EnvPool()
+    got = pt.evaluate(model, ByteTokenizer(), cfg, pool)
+    pool.close()
+    return {e: got[f"eval/pass_rate/{e}"] for e in a.envs}
+
+
+def write(a, seeds: list[dict]) -> list[str]:
+    """Write the JSON, the Markdown table and the plot for the seeds done so far; return the table."""
+    arms = ["sft", "sft_continued", *a.algos]
+    mean = {arm: {e: sum(r[arm]["held_out"][e] for r in seeds) / len(seeds) for e in a.envs} for arm in arms}
+    result = {"label": f"TINY run on 2 shared CPU cores: model {a.model}, {a.sft_steps} SFT steps, {a.rl_steps} RL "
+                       f"steps of {a.prompts} prompts x {a.samples} samples, {a.eval_problems} held-out problems per "
+                       f"environment, {len(seeds)} of {a.seeds} seed(s) done; far below the issue's goals' scale",
+              "args": vars(a), "mean_held_out": mean, "seeds": seeds}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# Post-training (multi-environment RL)\n\n{result['label']}.\n",
+             "Held-out pass rate (greedy), mean over seeds:\n",
+             "| environment | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    lines += [f"| {e} | " + " | ".join(f"{mean[arm][e]:.3f}" for arm in arms) + " |" for e in a.envs]
+    lines += ["", "Training reward per step (mean over environments, seed 1) and rollout/trainer mismatch "
+              "(token_mult_prob_error, 1 = identical):", "", "| algo | reward per step | mismatch (max) |",
+              "|---|---|---|"]
+    lines += [f"| {algo} | {' '.join(f'{x:.2f}' for x in seeds[0][algo]['reward_curve'])} | "
+              f"{max(seeds[0][algo]['mismatch']):.5f} |" for algo in a.algos]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for algo in a.algos:
+            ax.plot(range(1, a.rl_steps + 1), seeds[0][algo]["reward_curve"], marker=".", label=algo)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel("mean training reward")
+        ax.set_title("post-training reward (tiny CPU run, seed 1)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out.with_suffix(".png"), dpi=100)
+    except ImportError:
+        pass
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--envs", nargs="+", default=list(ENVS))
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--sft-steps", type=int, default=200)
+    ap.add_argument("--sft-batch", type=int, default=8)
+    ap.add_argument("--sft-lr", type=float, default=3e-3)
+    ap.add_argument("--rl-steps", type=int, default=8)
+    ap.add_argument("--rl-lr", type=float, default=1e-4)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--eval-problems", type=int, default=16)
+    ap.add_argument("--algos", nargs="+", default=["grpo", "dapo", "espo"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "results" / "posttrain.json"))
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    tok, out_dir = ByteTokenizer(), ROOT / "runs" / "posttrain-exp"
+    seeds: list[dict] = []
+    for seed in range(1, a.seeds + 1):
+        torch.manual_seed(seed)
+        model = HybridLM(get_config(a.model))
+        pool = pt.EnvPool()
+        demo_envs = dict(zip(a.envs, pool.take(list(a.envs))))
+        t = time.time()
+        sft_losses = sft(model, demo_envs, (1.0,) * len(a.envs), tok, a.sft_steps, a.sft_batch, a.sft_lr, 512, seed)
+        sft_time = time.time() - t
+        sft_dir = out_dir / f"sft-s{seed}"
+        model.save_pretrained(sft_dir)
+        row = {"seed": seed, "sft": {"steps": a.sft_steps, "seconds": sft_time, "loss_first": sft_losses[0],
+                                     "loss_last": sft_losses[-1], "held_out": held_out(model, a, seed)}}
+        print(f"seed {seed} SFT: {row['sft']['held_out']}  ({sft_time:.0f} s)")
+        for algo in a.algos:
+            t = time.time()
+            run = pt.train(config(a, str(sft_dir), algo, seed, out_dir), log=lambda s: None)
+            secs = time.time() - t
+            metrics = run.metrics()
+            evals = [m for m in metrics if any(k.startswith("eval/pass_rate/") for k in m)]
+            steps = [m for m in metrics if "losses/grad_steps" in m]
+            row[algo] = {"seconds": secs, "run": str(run.path.relative_to(ROOT)),
+                         "held_out_before": {e: evals[0][f"eval/pass_rate/{e}"] for e in a.envs},
+                         "held_out": {e: evals[-1][f"eval/pass_rate/{e}"] for e in a.envs},
+                         "reward_curve": [sum(m.get(f"charts/reward/{e}", 0.0) for e in a.envs
+                                              if f"charts/reward/{e}" in m)
+                                          / max(1, sum(f"charts/reward/{e}" in m for e in a.envs)) for m in steps],
+                         "mismatch": [m.get("mismatch/token_mult_prob_error", 1.0) for m in steps],
+                         "grad_steps": [m["losses/grad_steps"] for m in steps]}
+            print(f"seed {seed} {algo}: {row[algo]['held_out']}  ({secs:.0f} s)")
+        budget = sum(row[x]["seconds"] for x in a.algos) / len(a.algos)
+        model = HybridLM.from_pretrained(sft_dir)
+        t, done, chunk = time.time(), 0, 10
+        while time.time() - t < budget:
+            sft(model, demo_envs, (1.0,) * len(a.envs), tok, chunk, a.sft_batch, a.sft_lr, 512, seed,
+                log=lambda s: None, first_step=a.sft_steps + done)
+            done += chunk
+        row["sft_continued"] = {"extra_steps": done, "seconds": time.time() - t, "held_out": held_out(model, a, seed)}
+        print(f"seed {seed} SFT continued ({done} steps): {row['sft_continued']['held_out']}")
+        pool.close()
+        seeds.append(row)
+        lines = write(a, seeds)  # after every seed, so a cut run keeps what it finished
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
