@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -101,6 +101,47 @@ class ReportArgs:
 
     run_dir: Annotated[str, tyro.conf.Positional]
     """A folder under runs/."""
+
+
+@dataclass
+class PruneArgs:
+    """Prune an HF NemotronH checkpoint by Minitron activation importance (width axes and depth); writes a
+    checkpoint that transformers loads. Unset targets keep their axis."""
+
+    checkpoint: Annotated[str, tyro.conf.Positional]
+    """Checkpoint directory with config.json and safetensors."""
+    out: str
+    """Directory for the pruned checkpoint (config.json, safetensors, tokenizer files, prune.json)."""
+    hidden_size: int | None = None
+    ffn_size: int | None = None
+    """MLP (-) layers' intermediate size."""
+    attention_heads: int | None = None
+    """Query heads per attention layer (a multiple of num_key_value_heads; KV heads stay)."""
+    mamba_heads: int | None = None
+    """Mamba heads per layer (a multiple of n_groups)."""
+    mamba_head_dim: int | None = None
+    experts: int | None = None
+    """Routed experts per MoE layer."""
+    moe_ffn_size: int | None = None
+    """Each routed expert's intermediate size."""
+    shared_expert_size: int | None = None
+    drop_layers: int = 0
+    """Remove this many layers of the main stack, the least important by --depth-metric."""
+    drop_mtp: bool = False
+    """Remove the MTP layers instead of pruning them like the main stack."""
+    depth_metric: Literal["cosine", "loss"] = "cosine"
+    """cosine: 1 - cos(layer input, output); loss: calibration LM loss with the layer removed."""
+    calib_task: str = ""
+    """Synthetic task(s) for calibration, comma-separated (e.g. add,sort); packed chat examples."""
+    calib_file: str = ""
+    """A text file, tokenised with the checkpoint's tokenizer."""
+    calib_ids: str = ""
+    """A .npy array of token ids, (N, L) or flat."""
+    calib_samples: int = 64
+    """Calibration sequences."""
+    calib_seq_len: int = 96
+    """Tokens per calibration sequence (for --calib-task, --calib-file and flat --calib-ids)."""
+    seed: int = 0
 
 
 def cmd_train_lm(argv: list[str]) -> int:
@@ -306,6 +347,17 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
+def cmd_prune(argv: list[str]) -> int:
+    from chimera.compress.prune import Targets, prune_checkpoint
+
+    args = tyro.cli(PruneArgs, args=argv, prog="chimera prune")
+    targets = Targets(**{k: getattr(args, k) for k in Targets.__dataclass_fields__})
+    calib = dict(task=args.calib_task, file=args.calib_file, ids=args.calib_ids, samples=args.calib_samples,
+                 seq_len=args.calib_seq_len, seed=args.seed)
+    prune_checkpoint(args.checkpoint, args.out, targets, calib=calib, depth_metric=args.depth_metric)
+    return 0
+
+
 def _human(n: int) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
@@ -321,6 +373,7 @@ COMMANDS = {
     "train-lm": (cmd_train_lm, "train a hybrid LM on synthetic reasoning tasks (presets in configs/)"),
     "generate": (cmd_generate, "generate text from a checkpoint directory, with or without thinking"),
     "models": (cmd_models, "list named model sizes and their parameter counts"),
+    "prune": (cmd_prune, "prune a checkpoint by Minitron activation importance (width, depth, experts)"),
     "report": (cmd_report, "plot a run's metrics and print their last values"),
 }
 
