@@ -281,6 +281,11 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, targets: Targets, 
                         "calib_loss": loss_on(pruned, batches)},
               "depth_cosine": imp.depth_cosine.tolist(),
               "depth_loss": None if imp.depth_loss is None else imp.depth_loss.tolist()}
+    cfg = pruned.config
+    width = cfg.moe_latent_size or cfg.hidden_size
+    if "E" in cfg.full_pattern and (cfg.moe_intermediate_size % 8 or width % 8):
+        log(f"warning: moe_intermediate_size={cfg.moe_intermediate_size} and expert width {width} are not both "
+            f"multiples of 8; transformers' grouped expert GEMM needs 16-byte strides and may refuse them")
     pruned.save_pretrained(out)
     for f in checkpoint.iterdir():  # the tokenizer travels with the weights
         if f.name.startswith(("tokenizer", "special_tokens")) and f.is_file():
