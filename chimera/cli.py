@@ -358,6 +358,19 @@ def cmd_prune(argv: list[str]) -> int:
     return 0
 
 
+def cmd_distill(argv: list[str]) -> int:
+    from chimera.compress.distill import DistillConfig, distill
+
+    cfg, flags = parse_cli(
+        DistillConfig, argv, prog="chimera distill",
+        description=("Distil --teacher CHECKPOINT into --student (a checkpoint, e.g. from chimera prune, or a named "
+                     "size) by logit KL on the train-lm loop and data. --preset PATH loads a JSON preset; "
+                     "--resume RUN_DIR continues a run from its latest checkpoint with its saved config."),
+        preset_flags=("--preset", "--resume"))
+    distill(cfg, resume=flags.get("--resume"))
+    return 0
+
+
 def _human(n: int) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
@@ -374,6 +387,7 @@ COMMANDS = {
     "generate": (cmd_generate, "generate text from a checkpoint directory, with or without thinking"),
     "models": (cmd_models, "list named model sizes and their parameter counts"),
     "prune": (cmd_prune, "prune a checkpoint by Minitron activation importance (width, depth, experts)"),
+    "distill": (cmd_distill, "distil a teacher checkpoint into a student by logit KL (train-lm loop)"),
     "report": (cmd_report, "plot a run's metrics and print their last values"),
 }
 

@@ -3,6 +3,7 @@ checkpoint loads in transformers with equal logits, bad targets are refused by f
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,9 +11,13 @@ import torch
 
 from chimera.cli import main
 from chimera.compress import Targets, calibration_batches, collect_importance, prune
+from chimera.compress.distill import DistillConfig, LogitKL, distill, kl_loss
 from chimera.compress.prune import choose_layers
+from chimera.data.batching import TaskBatcher
 from chimera.models import HybridLM
 from chimera.models.config import HybridConfig
+from chimera.runs import read_metrics
+from chimera.train.lm import DataConfig, OptimConfig, RunConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -243,3 +248,75 @@ def test_heads_are_ranked_within_groups_not_globally(planted):
     q = old["backbone.layers.1.mixer.q_proj.weight"]
     assert torch.equal(new["backbone.layers.1.mixer.q_proj.weight"], torch.cat([q[8:16], q[24:32]]))
     assert torch.equal(new["backbone.layers.0.mixer.A_log"], old["backbone.layers.0.mixer.A_log"][[0, 2]])
+
+
+def test_distillation_loss_equals_hand_computed_kl():
+    student = torch.tensor([[[1.0, 0.0, -1.0, 2.0], [0.5, 0.5, 0.0, -2.0], [3.0, 0.0, 0.0, 0.0]]])
+    teacher = torch.tensor([[[0.0, 1.0, -1.0, 1.5], [2.0, -1.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0]]])
+    mask = torch.tensor([[True, True, False]])  # the last position is not a target
+
+    def softmax(v):
+        e = [math.exp(a) for a in v]
+        return [a / sum(e) for a in e]
+
+    def kl_by_hand(T, k):
+        total = 0.0
+        for pos in range(2):
+            t = [a / T for a in teacher[0, pos].tolist()]
+            q = softmax([a / T for a in student[0, pos].tolist()])
+            top = sorted(range(4), key=lambda i: -t[i])[:k] if k else range(4)
+            p = softmax([t[i] for i in top])
+            total += sum(pi * math.log(pi / q[i]) for pi, i in zip(p, top))
+        return T * T * total / 2
+
+    for T, k in ((1.0, 0), (2.0, 0), (1.0, 2), (0.5, 3)):
+        got = kl_loss(student, teacher, mask, temperature=T, top_k=k)
+        assert abs(got.item() - kl_by_hand(T, k)) < 1e-6, (T, k)
+    assert kl_loss(teacher, teacher, mask).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def _distill_cfg(tmp_path, teacher, student) -> DistillConfig:
+    return DistillConfig(model=str(student), teacher=str(teacher), steps=6, top_k=16, temperature=2.0,
+                         optim=OptimConfig(lr=1e-2, warmup_steps=1),
+                         data=DataConfig(tasks=("add",), seq_len=48, batch_size=4),
+                         run=RunConfig(out_dir=str(tmp_path / "runs"), log_every=1, eval_every=1000, eval_samples=2,
+                                       ckpt_every=3, threads=1, plots=False))
+
+
+def test_distillation_trains_the_student_toward_the_teacher_and_resumes_exactly(planted, tmp_path):
+    model, _, imp = planted
+    model.save_pretrained(tmp_path / "teacher")
+    prune(model, imp, Targets(hidden_size=24, drop_layers=1, drop_mtp=True)).save_pretrained(tmp_path / "student")
+    cfg = _distill_cfg(tmp_path, tmp_path / "teacher", tmp_path / "student")
+    run = distill(cfg, log=lambda *_: None)
+    rows = read_metrics(run.path / "metrics.jsonl")
+    losses = {r["step"]: r["losses/train_loss"] for r in rows if "losses/train_loss" in r}
+    kl = LogitKL(HybridLM.from_pretrained(tmp_path / "teacher"), temperature=2.0, top_k=16)
+    x, y = TaskBatcher(("add",), 48, 8, seed=123).batch(0)
+    with torch.no_grad():
+        before = kl(x, y, HybridLM.from_pretrained(tmp_path / "student")(x)).item()
+        after = kl(x, y, HybridLM.from_pretrained(run.path / "model")(x)).item()
+    assert after < 0.9 * before  # the student moved toward the teacher on unseen batches
+    assert "eval/kl" in rows[-1] and "eval/accuracy/add" in rows[-1]
+    final = HybridLM.from_pretrained(run.path / "model").state_dict()
+    # lose the last checkpoint, as if the run had died after step 3, and resume it
+    (run.path / "checkpoints" / "step_00000006.pt").unlink()
+    (run.path / "checkpoints" / "latest").write_text("step_00000003.pt")
+    logs = []
+    distill(cfg, resume=str(run.path), log=logs.append)
+    assert any("resumed" in line and "step 3" in line for line in logs)
+    again = {r["step"]: r["losses/train_loss"] for r in read_metrics(run.path / "metrics.jsonl")
+             if "losses/train_loss" in r}
+    assert again == losses  # bit-identical: student, optimizer, schedule, RNG, data and the frozen teacher
+    for k, v in HybridLM.from_pretrained(run.path / "model").state_dict().items():
+        assert torch.equal(v, final[k]), k
+
+
+def test_distill_refuses_a_student_of_another_vocabulary(planted, tmp_path):
+    model = planted[0]
+    model.save_pretrained(tmp_path / "teacher")
+    cfg = _distill_cfg(tmp_path, tmp_path / "teacher", "tiny")
+    HybridLM(config(vocab_size=300)).save_pretrained(tmp_path / "other")
+    cfg.model = str(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"vocab_size=300 but teacher .* has 272"):
+        distill(cfg, log=lambda *_: None)
