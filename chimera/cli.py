@@ -144,6 +144,53 @@ class PruneArgs:
     seed: int = 0
 
 
+@dataclass
+class CompressArgs:
+    """MiniPuzzle-style search: enumerate pruned shapes of a checkpoint that fit a budget, score the largest
+    few (one per depth first) by a short distillation, distil the winner; writes OUT/model (an HF NemotronH
+    checkpoint) and OUT/search.{json,md} (every candidate's sizes and held-out scores)."""
+
+    checkpoint: Annotated[str, tyro.conf.Positional]
+    """The teacher: a checkpoint directory with config.json and safetensors."""
+    out: str
+    target_params: int | None = None
+    """Total parameters at most."""
+    target_active_params: int | None = None
+    """Parameters per token (routed experts a token does not use left out) at most."""
+    target_memory: float | None = None
+    """GiB of weights plus one sequence's KV cache and Mamba state at --context tokens, in --dtype."""
+    context: int = 4096
+    dtype: Literal["fp32", "bf16", "fp16", "fp8"] = "bf16"
+    keep: int = 4
+    """Candidates scored."""
+    score_steps: int = 50
+    """Distillation steps per candidate."""
+    distill_steps: int = 300
+    """Distillation steps for the winner."""
+    max_width_pruning: float = 0.5
+    """Search widths down to this fraction pruned."""
+    max_depth_pruning: float = 0.5
+    """Search down to this fraction of the layers dropped."""
+    depth_metric: Literal["cosine", "loss"] = "cosine"
+    calib_task: str = "add,sort"
+    calib_file: str = ""
+    calib_ids: str = ""
+    calib_samples: int = 64
+    calib_seq_len: int = 96
+    tasks: tuple[str, ...] = ("add", "sort")
+    """Distillation data: synthetic tasks, as train-lm --data.tasks."""
+    seq_len: int = 96
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    eval_samples: int = 64
+    """Held-out problems answered at each evaluation."""
+    temperature: float = 1.0
+    top_k: int = 0
+    threads: int = 0
+    seed: int = 0
+
+
 def cmd_train_lm(argv: list[str]) -> int:
     from chimera.train.lm import TrainLMConfig, train
 
@@ -371,6 +418,28 @@ def cmd_distill(argv: list[str]) -> int:
     return 0
 
 
+def cmd_compress(argv: list[str]) -> int:
+    from chimera.compress.search import Budget, SearchConfig, search
+
+    a = tyro.cli(CompressArgs, args=argv, prog="chimera compress")
+    budget = Budget(params=a.target_params, active_params=a.target_active_params, memory_gib=a.target_memory,
+                    context=a.context, dtype=a.dtype)
+    calib_given = a.calib_file or a.calib_ids
+    calib = dict(task="" if calib_given else a.calib_task, file=a.calib_file, ids=a.calib_ids,
+                 samples=a.calib_samples, seq_len=a.calib_seq_len, seed=a.seed)
+    steps = max(a.score_steps, a.distill_steps)
+    distill = {"temperature": a.temperature, "top_k": a.top_k,
+               "optim": {"lr": a.lr, "warmup_steps": min(a.warmup_steps, steps)},
+               "data": {"tasks": list(a.tasks), "seq_len": a.seq_len, "batch_size": a.batch_size},
+               "run": {"eval_every": steps, "eval_samples": a.eval_samples, "ckpt_every": steps,
+                       "log_every": 10, "threads": a.threads, "seed": a.seed}}
+    search(a.checkpoint, a.out, budget, calib,
+           SearchConfig(keep=a.keep, score_steps=a.score_steps, distill_steps=a.distill_steps,
+                        max_width_pruning=a.max_width_pruning, max_depth_pruning=a.max_depth_pruning,
+                        depth_metric=a.depth_metric, distill=distill))
+    return 0
+
+
 def _human(n: int) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
@@ -388,6 +457,7 @@ COMMANDS = {
     "models": (cmd_models, "list named model sizes and their parameter counts"),
     "prune": (cmd_prune, "prune a checkpoint by Minitron activation importance (width, depth, experts)"),
     "distill": (cmd_distill, "distil a teacher checkpoint into a student by logit KL (train-lm loop)"),
+    "compress": (cmd_compress, "search pruned shapes under a parameter / memory budget, distil the best"),
     "report": (cmd_report, "plot a run's metrics and print their last values"),
 }
 

@@ -13,8 +13,9 @@ from chimera.cli import main
 from chimera.compress import Targets, calibration_batches, collect_importance, prune
 from chimera.compress.distill import DistillConfig, LogitKL, distill, kl_loss
 from chimera.compress.prune import choose_layers
+from chimera.compress.search import Budget, candidates, shortlist, sizes
 from chimera.data.batching import TaskBatcher
-from chimera.models import HybridLM
+from chimera.models import HybridLM, count_parameters, get_config
 from chimera.models.config import HybridConfig
 from chimera.runs import read_metrics
 from chimera.train.lm import DataConfig, OptimConfig, RunConfig
@@ -276,11 +277,11 @@ def test_distillation_loss_equals_hand_computed_kl():
 
 
 def _distill_cfg(tmp_path, teacher, student) -> DistillConfig:
-    return DistillConfig(model=str(student), teacher=str(teacher), steps=6, top_k=16, temperature=2.0,
+    return DistillConfig(model=str(student), teacher=str(teacher), steps=4, top_k=16, temperature=2.0,
                          optim=OptimConfig(lr=1e-2, warmup_steps=1),
                          data=DataConfig(tasks=("add",), seq_len=48, batch_size=4),
-                         run=RunConfig(out_dir=str(tmp_path / "runs"), log_every=1, eval_every=1000, eval_samples=2,
-                                       ckpt_every=3, threads=1, plots=False))
+                         run=RunConfig(out_dir=str(tmp_path / "runs"), log_every=1, eval_every=1000, eval_samples=1,
+                                       ckpt_every=2, threads=1, plots=False))
 
 
 def test_distillation_trains_the_student_toward_the_teacher_and_resumes_exactly(planted, tmp_path):
@@ -299,12 +300,12 @@ def test_distillation_trains_the_student_toward_the_teacher_and_resumes_exactly(
     assert after < 0.9 * before  # the student moved toward the teacher on unseen batches
     assert "eval/kl" in rows[-1] and "eval/accuracy/add" in rows[-1]
     final = HybridLM.from_pretrained(run.path / "model").state_dict()
-    # lose the last checkpoint, as if the run had died after step 3, and resume it
-    (run.path / "checkpoints" / "step_00000006.pt").unlink()
-    (run.path / "checkpoints" / "latest").write_text("step_00000003.pt")
+    # lose the last checkpoint, as if the run had died after step 2, and resume it
+    (run.path / "checkpoints" / "step_00000004.pt").unlink()
+    (run.path / "checkpoints" / "latest").write_text("step_00000002.pt")
     logs = []
     distill(cfg, resume=str(run.path), log=logs.append)
-    assert any("resumed" in line and "step 3" in line for line in logs)
+    assert any("resumed" in line and "step 2" in line for line in logs)
     again = {r["step"]: r["losses/train_loss"] for r in read_metrics(run.path / "metrics.jsonl")
              if "losses/train_loss" in r}
     assert again == losses  # bit-identical: student, optimizer, schedule, RNG, data and the frozen teacher
@@ -320,3 +321,54 @@ def test_distill_refuses_a_student_of_another_vocabulary(planted, tmp_path):
     cfg.model = str(tmp_path / "other")
     with pytest.raises(ValueError, match=r"vocab_size=300 but teacher .* has 272"):
         distill(cfg, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("name", ["tiny-mtp", "small-moe", "tiny-latent-moe", "nemotron-3-nano-30b-a3b"])
+def test_search_sizes_match_the_model_counts(name):
+    cfg = get_config(name)
+    s = sizes(cfg, context=64, dtype="fp32")
+    n = count_parameters(cfg)
+    assert (s["params"], s["active_params"]) == (n["total"], n["active"])
+
+
+def test_search_state_bytes_are_those_of_a_real_cache(planted):
+    model = planted[0]
+    cache = model.new_cache(1, 100)
+    real = sum(t.numel() * t.element_size() for st in cache.layers if st is not None
+               for t in vars(st).values() if isinstance(t, torch.Tensor))
+    assert sizes(model.config, context=100, dtype="fp32")["state_bytes"] == real
+
+
+def test_search_candidates_fit_the_budget_and_prune_to_their_sizes(planted):
+    model, _, imp = planted
+    total = sizes(model.config)["params"]
+    budget = Budget(params=int(0.7 * total), memory_gib=1.0, context=256)
+    cands = candidates(model.config, budget, lambda drop: choose_layers(imp, drop))
+    assert cands and all(c[1]["params"] <= budget.params for c in cands)
+    assert [c[1]["params"] for c in cands] == sorted((c[1]["params"] for c in cands), reverse=True)
+    picked = shortlist(cands, 3)
+    assert len({t.drop_layers for t, _ in picked}) == 3  # depth against width
+    for t, size in picked:
+        pruned = prune(model, imp, t)
+        assert sum(p.numel() for p in pruned.parameters()) == size["params"] <= budget.params
+        assert t.attention_heads % 2 == 0 and t.mamba_heads % 2 == 0  # whole GQA / Mamba groups
+    with pytest.raises(ValueError, match="give a budget"):
+        Budget().check()
+
+
+def test_compress_command_searches_and_distils_the_winner(planted, tmp_path):
+    model = planted[0]
+    model.save_pretrained(tmp_path / "teacher")
+    budget = int(0.75 * sizes(model.config)["params"])
+    rc = main(["compress", str(tmp_path / "teacher"), "--out", str(tmp_path / "out"), "--target-params", str(budget),
+               "--keep", "2", "--score-steps", "2", "--distill-steps", "3", "--seq-len", "48", "--batch-size", "2",
+               "--eval-samples", "1", "--calib-samples", "4", "--calib-seq-len", "32", "--tasks", "add",
+               "--threads", "1"])
+    assert rc == 0
+    result = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert len(result["candidates"]) == 2 and all("eval/kl" in r for r in result["candidates"])
+    best = min(result["candidates"], key=lambda r: r["eval/kl"])
+    assert result["winner"]["candidate"] == best["candidate"]
+    final = HybridLM.from_pretrained(tmp_path / "out" / "model")
+    assert sum(p.numel() for p in final.parameters()) == best["params"] <= budget
+    assert "| candidate | pattern |" in (tmp_path / "out" / "search.md").read_text()
