@@ -372,3 +372,13 @@ def test_compress_command_searches_and_distils_the_winner(planted, tmp_path):
     final = HybridLM.from_pretrained(tmp_path / "out" / "model")
     assert sum(p.numel() for p in final.parameters()) == best["params"] <= budget
     assert "| candidate | pattern |" in (tmp_path / "out" / "search.md").read_text()
+
+
+def test_distill_and_compress_commands_refuse_bad_input(planted, tmp_path, capsys):
+    assert main(["distill", "--student", "tiny", "--teacher", str(tmp_path / "missing")]) == 2
+    assert "--teacher=" in capsys.readouterr().err
+    planted[0].save_pretrained(tmp_path / "teacher")
+    assert main(["compress", str(tmp_path / "teacher"), "--out", str(tmp_path / "out"), "--target-params", "1000"]) == 2
+    assert "no pruned shape" in capsys.readouterr().err
+    assert main(["compress", str(tmp_path / "teacher"), "--out", str(tmp_path / "out")]) == 2
+    assert "give a budget" in capsys.readouterr().err

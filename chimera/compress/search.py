@@ -185,6 +185,16 @@ def search(checkpoint: str | Path, out: str | Path, budget: Budget, calib: dict,
     budget.check()
     checkpoint, out = Path(checkpoint), Path(out)
     teacher = HybridLM.from_pretrained(checkpoint, dtype=torch.float32)
+    cfg = teacher.config
+    weight = [sum(p.numel() for p in layer.parameters()) for layer in teacher.backbone.layers]
+
+    def heaviest_gone(drop: int) -> list[int]:  # the most any drop can save: a bound checked before calibrating
+        return sorted(sorted(range(cfg.num_layers), key=lambda i: weight[i])[:cfg.num_layers - drop])
+
+    if not candidates(cfg, budget, heaviest_gone, sc.max_width_pruning, sc.max_depth_pruning):
+        raise ValueError(f"no pruned shape of {checkpoint} fits the budget {budget} within "
+                         f"--max-width-pruning={sc.max_width_pruning} and --max-depth-pruning={sc.max_depth_pruning}; "
+                         f"loosen the budget or allow more pruning")
     batches = calibration_batches(**calib, tokenizer=load_tokenizer(checkpoint), vocab_size=teacher.config.vocab_size)
     imp = collect_importance(teacher, batches, depth_loss=sc.depth_metric == "loss")
     cands = candidates(teacher.config, budget, lambda drop: choose_layers(imp, drop, sc.depth_metric),
