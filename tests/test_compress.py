@@ -228,6 +228,9 @@ def test_prune_command_writes_a_checkpoint_and_report(planted, tmp_path, capsys)
     assert report["after"]["hidden_size"] == 24 and len(report["dropped_layers"]) == 1
     assert report["after"]["params"] < report["before"]["params"]
     assert HybridLM.from_pretrained(tmp_path / "small").config.num_layers == 5
+    rc = main(["prune", str(tmp_path / "teacher"), "--out", str(tmp_path / "narrow"), "--ffn-size", "40",
+               "--depth-metric", "loss", "--calib-ids", str(tmp_path / "ids.npy"), "--calib-samples", "2"])
+    assert rc == 0 and json.loads((tmp_path / "narrow" / "prune.json").read_text())["dropped_layers"] == []
     rc = main(["prune", str(tmp_path / "teacher"), "--out", str(tmp_path / "bad"), "--mamba-heads", "3",
                "--calib-task", "add"])
     assert rc == 2 and "--mamba-heads=3 is not a multiple of n_groups=2" in capsys.readouterr().err

@@ -17,7 +17,7 @@ over every calibration sequence (``sqrt(sum_b mean_l(|a|)^2)``). Where each axis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,6 @@ class Importance:
     depth_loss: torch.Tensor | None = None
     """(num_layers,) calibration loss without the layer minus the full model's loss."""
     base_loss: float = float("nan")
-    extra: dict = field(default_factory=dict)
 
 
 class _ExpertStats:

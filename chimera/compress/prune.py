@@ -254,7 +254,6 @@ def describe(cfg: HybridConfig) -> dict[str, int | str]:
     return out
 
 
-
 def prune_checkpoint(checkpoint: str | Path, out: str | Path, targets: Targets, *, calib: dict,
                      depth_metric: Literal["cosine", "loss"] = "cosine", log=print) -> dict:
     """Load an HF NemotronH checkpoint, rank every axis on the calibration set, prune to ``targets`` and
@@ -270,8 +269,9 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, targets: Targets, 
     batches = calibration_batches(**calib, tokenizer=load_tokenizer(checkpoint), vocab_size=model.config.vocab_size)
     imp = collect_importance(model, batches, depth_loss=targets.drop_layers > 0 and depth_metric == "loss")
     pruned = prune(model, imp, targets, depth_metric).eval()
-    dropped = sorted(set(range(model.config.num_layers)) - set(choose_layers(imp, targets.drop_layers, depth_metric)))
-    report = {"checkpoint": str(checkpoint), "targets": {k: v for k, v in vars(targets).items()},
+    dropped = sorted(set(range(model.config.num_layers)) - set(choose_layers(imp, targets.drop_layers, depth_metric))
+                     ) if targets.drop_layers else []
+    report = {"checkpoint": str(checkpoint), "targets": dict(vars(targets)),
               "depth_metric": depth_metric, "calibration": {"sequences": sum(x.size(0) for x, _ in batches),
                                                             "tokens": sum(x.numel() for x, _ in batches)},
               "dropped_layers": dropped,
@@ -294,7 +294,8 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, targets: Targets, 
     b, a = report["before"], report["after"]
     log(f"{'':<22}{'before':>12}{'after':>12}")
     for k in b:
-        log(f"{k:<22}{b[k]!s:>12}{a[k]!s:>12}" if not isinstance(b[k], float) else f"{k:<22}{b[k]:>12.4f}{a[k]:>12.4f}")
+        before, after = (f"{b[k]:.4f}", f"{a[k]:.4f}") if isinstance(b[k], float) else (str(b[k]), str(a[k]))
+        log(f"{k:<22}{before:>12}{after:>12}")
     if dropped:
         log(f"dropped layers {dropped} (by {depth_metric})")
     log(f"wrote {out}")
