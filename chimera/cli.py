@@ -159,6 +159,8 @@ class CompressArgs:
     """Parameters per token (routed experts a token does not use left out) at most."""
     target_memory: float | None = None
     """GiB of weights plus one sequence's KV cache and Mamba state at --context tokens, in --dtype."""
+    target_decode_ms: float | None = None
+    """Milliseconds per greedy decode step of one sequence, timed here on the inference engine."""
     context: int = 4096
     dtype: Literal["fp32", "bf16", "fp16", "fp8"] = "bf16"
     keep: int = 4
@@ -423,7 +425,7 @@ def cmd_compress(argv: list[str]) -> int:
 
     a = tyro.cli(CompressArgs, args=argv, prog="chimera compress")
     budget = Budget(params=a.target_params, active_params=a.target_active_params, memory_gib=a.target_memory,
-                    context=a.context, dtype=a.dtype)
+                    decode_ms=a.target_decode_ms, context=a.context, dtype=a.dtype)
     calib_given = a.calib_file or a.calib_ids
     calib = dict(task="" if calib_given else a.calib_task, file=a.calib_file, ids=a.calib_ids,
                  samples=a.calib_samples, seq_len=a.calib_seq_len, seed=a.seed)

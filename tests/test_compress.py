@@ -13,7 +13,7 @@ from chimera.cli import main
 from chimera.compress import Targets, calibration_batches, collect_importance, prune
 from chimera.compress.distill import DistillConfig, LogitKL, distill, kl_loss
 from chimera.compress.prune import choose_layers
-from chimera.compress.search import Budget, candidates, shortlist, sizes
+from chimera.compress.search import Budget, candidates, decode_ms, shortlist, sizes
 from chimera.data.batching import TaskBatcher
 from chimera.models import HybridLM, count_parameters, get_config
 from chimera.models.config import HybridConfig
@@ -357,6 +357,16 @@ def test_search_candidates_fit_the_budget_and_prune_to_their_sizes(planted):
         assert t.attention_heads % 2 == 0 and t.mamba_heads % 2 == 0  # whole GQA / Mamba groups
     with pytest.raises(ValueError, match="give a budget"):
         Budget().check()
+    asked = []
+    slow = {id(picked[0][0])}  # turned down (e.g. too slow to decode): the next shape takes its place
+    again = shortlist(cands, 3, lambda t: asked.append(t) or id(t) not in slow)
+    assert asked[0] is picked[0][0] and picked[0] not in again and len(again) == 3
+    assert picked[1] in again and picked[2] in again
+
+
+def test_decode_time_is_measured_on_the_inference_engine(planted):
+    ms = decode_ms(planted[0], new_tokens=4, prompt_len=4)
+    assert 0 < ms < 1000
 
 
 def test_compress_command_searches_and_distils_the_winner(planted, tmp_path):

@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -34,13 +35,16 @@ class Budget:
     active_params: int | None = None
     memory_gib: float | None = None
     """Weights plus the decode state of one sequence at ``context`` tokens, in GiB."""
+    decode_ms: float | None = None
+    """Milliseconds per greedy decode step of one sequence on the inference engine, measured here."""
     context: int = 4096
     dtype: str = "bf16"
 
     def check(self) -> None:
-        if self.params is None and self.active_params is None and self.memory_gib is None:
-            raise ValueError("give a budget: --target-params, --target-active-params or --target-memory")
-        for name in ("params", "active_params", "memory_gib"):
+        if all(getattr(self, k) is None for k in ("params", "active_params", "memory_gib", "decode_ms")):
+            raise ValueError("give a budget: --target-params, --target-active-params, --target-memory or "
+                             "--target-decode-ms")
+        for name in ("params", "active_params", "memory_gib", "decode_ms"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"--target-{name.replace('_', '-').replace('-gib', '')}={v} must be positive")
@@ -142,15 +146,40 @@ def candidates(cfg: HybridConfig, budget: Budget, kept_layers: Callable[[int], l
     return out
 
 
-def shortlist(cands: list[tuple[Targets, dict[str, float]]], keep: int) -> list[tuple[Targets, dict[str, float]]]:
+def shortlist(cands: list[tuple[Targets, dict[str, float]]], keep: int,
+              accept: Callable[[Targets], bool] | None = None) -> list[tuple[Targets, dict[str, float]]]:
     """``keep`` candidates that trade depth against width: the largest shape for each number of layers dropped
-    (largest first), then the next largest overall."""
+    (largest first), then the next largest overall; ``accept`` (asked in that order) can turn shapes down."""
     best: dict[int, tuple] = {}
     for c in cands:
         best.setdefault(c[0].drop_layers, c)
-    picked = sorted(best.values(), key=lambda c: -c[1]["params"])[:keep]
-    rest = [c for c in cands if not any(c is p for p in picked)]
-    return picked + rest[:keep - len(picked)]
+    firsts = sorted(best.values(), key=lambda c: -c[1]["params"])
+    order = firsts + [c for c in cands if not any(c is p for p in firsts)]
+    picked: list = []
+    for c in order[:len(firsts) + 4 * keep]:  # at most this many are asked (each ask may time a decode)
+        if len(picked) == keep:
+            break
+        if accept is None or accept(c[0]):
+            picked.append(c)
+    return picked
+
+
+@torch.no_grad()
+def decode_ms(model, new_tokens: int = 32, prompt_len: int = 16) -> float:
+    """Milliseconds per greedy decode step of one sequence on the inference engine (prefill subtracted;
+    best of three)."""
+    from chimera.inference import SamplingConfig, generate
+
+    prompt = [[3 + i % 200 for i in range(prompt_len)]]
+    times = {}
+    for n in (1, new_tokens):
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            generate(model, prompt, SamplingConfig(max_new_tokens=n))
+            best = min(best, time.perf_counter() - t)
+        times[n] = best
+    return 1000 * (times[new_tokens] - times[1]) / (new_tokens - 1)
 
 
 @dataclass
@@ -204,7 +233,17 @@ def search(checkpoint: str | Path, out: str | Path, budget: Budget, calib: dict,
                          f"--max-width-pruning={sc.max_width_pruning} and --max-depth-pruning={sc.max_depth_pruning}; "
                          f"loosen the budget or allow more pruning")
     base = sizes(teacher.config, budget.context, budget.dtype)
-    picked = shortlist(cands, sc.keep)
+    measured: dict[int, float] = {}
+
+    def fast_enough(t: Targets) -> bool:
+        ms = decode_ms(prune(teacher, imp, t, sc.depth_metric).eval())  # type: ignore[arg-type]
+        measured[id(t)] = ms
+        log(f"  {ms:.2f} ms per decode step: hidden {t.hidden_size}, {t.drop_layers} layers dropped")
+        return ms <= budget.decode_ms
+
+    picked = shortlist(cands, sc.keep, fast_enough if budget.decode_ms is not None else None)
+    if not picked:
+        raise ValueError(f"no shape that fits the other budgets decodes within --target-decode-ms={budget.decode_ms}")
     log(f"teacher: {base['params']:,} params, {base['active_params']:,} active, {base['memory_gib']:.4f} GiB; "
         f"{len(cands)} shapes fit, scoring {len(picked)}")
     rows = []
@@ -225,6 +264,8 @@ def search(checkpoint: str | Path, out: str | Path, budget: Budget, calib: dict,
         pruned = prune(teacher, imp, t, sc.depth_metric)  # type: ignore[arg-type]
         pruned.save_pretrained(student)
         log(f"candidate {i}: {pruned.config.full_pattern} hidden {t.hidden_size} ({size['params']:,} params)")
+        if id(t) in measured:
+            size = {**size, "decode_ms": measured[id(t)]}
         rows.append({"candidate": i, "pattern": pruned.config.full_pattern, "targets": vars(t), **size,
                      **run_distill(student, sc.score_steps, f"score-c{i}")})
     best = min(rows, key=lambda r: r["eval/kl"])
@@ -247,11 +288,15 @@ def search(checkpoint: str | Path, out: str | Path, budget: Budget, calib: dict,
 
 def _table(result: dict) -> str:
     evals = sorted({k for r in result["candidates"] for k in r if k.startswith("eval/")})
-    head = ["candidate", "pattern", "hidden", "params", "active", "memory GiB", *evals]
+    timed = any("decode_ms" in r for r in result["candidates"])
+    head = ["candidate", "pattern", "hidden", "params", "active", "memory GiB", *(["decode ms"] if timed else []),
+            *evals]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["candidates"]:
         cells = [str(r["candidate"]), f"`{r['pattern']}`", str(r["targets"]["hidden_size"]), f"{r['params']:,}",
-                 f"{r['active_params']:,}", f"{r['memory_gib']:.4f}", *(f"{r.get(k, float('nan')):.4f}" for k in evals)]
+                 f"{r['active_params']:,}", f"{r['memory_gib']:.4f}",
+                 *([f"{r.get('decode_ms', float('nan')):.2f}"] if timed else []),
+                 *(f"{r.get(k, float('nan')):.4f}" for k in evals)]
         lines.append("| " + " | ".join(cells) + " |")
     w = result["winner"]
     t = result["teacher"]
