@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -101,6 +101,96 @@ class ReportArgs:
 
     run_dir: Annotated[str, tyro.conf.Positional]
     """A folder under runs/."""
+
+
+@dataclass
+class PruneArgs:
+    """Prune an HF NemotronH checkpoint by Minitron activation importance (width axes and depth); writes a
+    checkpoint that transformers loads. Unset targets keep their axis."""
+
+    checkpoint: Annotated[str, tyro.conf.Positional]
+    """Checkpoint directory with config.json and safetensors."""
+    out: str
+    """Directory for the pruned checkpoint (config.json, safetensors, tokenizer files, prune.json)."""
+    hidden_size: int | None = None
+    ffn_size: int | None = None
+    """MLP (-) layers' intermediate size."""
+    attention_heads: int | None = None
+    """Query heads per attention layer (a multiple of num_key_value_heads; KV heads stay)."""
+    mamba_heads: int | None = None
+    """Mamba heads per layer (a multiple of n_groups)."""
+    mamba_head_dim: int | None = None
+    experts: int | None = None
+    """Routed experts per MoE layer."""
+    moe_ffn_size: int | None = None
+    """Each routed expert's intermediate size."""
+    shared_expert_size: int | None = None
+    drop_layers: int = 0
+    """Remove this many layers of the main stack, the least important by --depth-metric."""
+    drop_mtp: bool = False
+    """Remove the MTP layers instead of pruning them like the main stack."""
+    depth_metric: Literal["cosine", "loss"] = "cosine"
+    """cosine: 1 - cos(layer input, output); loss: calibration LM loss with the layer removed."""
+    calib_task: str = ""
+    """Synthetic task(s) for calibration, comma-separated (e.g. add,sort); packed chat examples."""
+    calib_file: str = ""
+    """A text file, tokenised with the checkpoint's tokenizer."""
+    calib_ids: str = ""
+    """A .npy array of token ids, (N, L) or flat."""
+    calib_samples: int = 64
+    """Calibration sequences."""
+    calib_seq_len: int = 96
+    """Tokens per calibration sequence (for --calib-task, --calib-file and flat --calib-ids)."""
+    seed: int = 0
+
+
+@dataclass
+class CompressArgs:
+    """MiniPuzzle-style search: enumerate pruned shapes of a checkpoint that fit a budget, score the largest
+    few (one per depth first) by a short distillation, distil the winner; writes OUT/model (an HF NemotronH
+    checkpoint) and OUT/search.{json,md} (every candidate's sizes and held-out scores)."""
+
+    checkpoint: Annotated[str, tyro.conf.Positional]
+    """The teacher: a checkpoint directory with config.json and safetensors."""
+    out: str
+    target_params: int | None = None
+    """Total parameters at most."""
+    target_active_params: int | None = None
+    """Parameters per token (routed experts a token does not use left out) at most."""
+    target_memory: float | None = None
+    """GiB of weights plus one sequence's KV cache and Mamba state at --context tokens, in --dtype."""
+    target_decode_ms: float | None = None
+    """Milliseconds per greedy decode step of one sequence, timed here on the inference engine."""
+    context: int = 4096
+    dtype: Literal["fp32", "bf16", "fp16", "fp8"] = "bf16"
+    keep: int = 4
+    """Candidates scored."""
+    score_steps: int = 50
+    """Distillation steps per candidate."""
+    distill_steps: int = 300
+    """Distillation steps for the winner."""
+    max_width_pruning: float = 0.5
+    """Search widths down to this fraction pruned."""
+    max_depth_pruning: float = 0.5
+    """Search down to this fraction of the layers dropped."""
+    depth_metric: Literal["cosine", "loss"] = "cosine"
+    calib_task: str = "add,sort"
+    calib_file: str = ""
+    calib_ids: str = ""
+    calib_samples: int = 64
+    calib_seq_len: int = 96
+    tasks: tuple[str, ...] = ("add", "sort")
+    """Distillation data: synthetic tasks, as train-lm --data.tasks."""
+    seq_len: int = 96
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    eval_samples: int = 64
+    """Held-out problems answered at each evaluation."""
+    temperature: float = 1.0
+    top_k: int = 0
+    threads: int = 0
+    seed: int = 0
 
 
 def cmd_train_lm(argv: list[str]) -> int:
@@ -372,6 +462,52 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
+def cmd_prune(argv: list[str]) -> int:
+    from chimera.compress.prune import Targets, prune_checkpoint
+
+    args = tyro.cli(PruneArgs, args=argv, prog="chimera prune")
+    targets = Targets(**{k: getattr(args, k) for k in Targets.__dataclass_fields__})
+    calib = dict(task=args.calib_task, file=args.calib_file, ids=args.calib_ids, samples=args.calib_samples,
+                 seq_len=args.calib_seq_len, seed=args.seed)
+    prune_checkpoint(args.checkpoint, args.out, targets, calib=calib, depth_metric=args.depth_metric)
+    return 0
+
+
+def cmd_distill(argv: list[str]) -> int:
+    from chimera.compress.distill import DistillConfig, distill
+
+    cfg, flags = parse_cli(
+        DistillConfig, argv, prog="chimera distill",
+        description=("Distil --teacher CHECKPOINT into --student (a checkpoint, e.g. from chimera prune, or a named "
+                     "size) by logit KL on the train-lm loop and data. --preset PATH loads a JSON preset; "
+                     "--resume RUN_DIR continues a run from its latest checkpoint with its saved config."),
+        preset_flags=("--preset", "--resume"))
+    distill(cfg, resume=flags.get("--resume"))
+    return 0
+
+
+def cmd_compress(argv: list[str]) -> int:
+    from chimera.compress.search import Budget, SearchConfig, search
+
+    a = tyro.cli(CompressArgs, args=argv, prog="chimera compress")
+    budget = Budget(params=a.target_params, active_params=a.target_active_params, memory_gib=a.target_memory,
+                    decode_ms=a.target_decode_ms, context=a.context, dtype=a.dtype)
+    calib_given = a.calib_file or a.calib_ids
+    calib = dict(task="" if calib_given else a.calib_task, file=a.calib_file, ids=a.calib_ids,
+                 samples=a.calib_samples, seq_len=a.calib_seq_len, seed=a.seed)
+    steps = max(a.score_steps, a.distill_steps)
+    distill = {"temperature": a.temperature, "top_k": a.top_k,
+               "optim": {"lr": a.lr, "warmup_steps": min(a.warmup_steps, steps)},
+               "data": {"tasks": list(a.tasks), "seq_len": a.seq_len, "batch_size": a.batch_size},
+               "run": {"eval_every": steps, "eval_samples": a.eval_samples, "ckpt_every": steps,
+                       "log_every": 10, "threads": a.threads, "seed": a.seed}}
+    search(a.checkpoint, a.out, budget, calib,
+           SearchConfig(keep=a.keep, score_steps=a.score_steps, distill_steps=a.distill_steps,
+                        max_width_pruning=a.max_width_pruning, max_depth_pruning=a.max_depth_pruning,
+                        depth_metric=a.depth_metric, distill=distill))
+    return 0
+
+
 def _human(n: int) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
@@ -389,6 +525,9 @@ COMMANDS = {
     "generate": (cmd_generate, "generate text from a checkpoint directory, with or without thinking"),
     "serve": (cmd_serve, "serve a checkpoint over an OpenAI-compatible API (chat, completions, streaming)"),
     "models": (cmd_models, "list named model sizes and their parameter counts"),
+    "prune": (cmd_prune, "prune a checkpoint by Minitron activation importance (width, depth, experts)"),
+    "distill": (cmd_distill, "distil a teacher checkpoint into a student by logit KL (train-lm loop)"),
+    "compress": (cmd_compress, "search pruned shapes under a parameter / memory budget, distil the best"),
     "report": (cmd_report, "plot a run's metrics and print their last values"),
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ from chimera.data.batching import IGNORE, TaskBatcher, parse_answer, prompt_toke
 from chimera.inference import SamplingConfig, generate
 from chimera.models import HybridLM, get_config
 from chimera.models.config import SIZES
+from chimera.models.hybrid import LMOutput
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 
 
@@ -86,6 +88,11 @@ class TrainLMConfig:
             raise ValueError("data.tasks is empty; pick from add, sort")
 
 
+Objective = Callable[[torch.Tensor, torch.Tensor, LMOutput], torch.Tensor]
+"""A training loss in place of next-token cross-entropy: (inputs (b, T), targets (b, T), the model's
+output) -> scalar; its ``name`` labels the held-out metric (e.g. chimera.compress.distill.LogitKL)."""
+
+
 def mtp_loss(mtp_logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
     """Mean over depths of the cross-entropy of depth k (b, T-k, V) against targets[:, k:]
     (targets[t] is token t+1, so depth k at position t predicts targets[t + k])."""
@@ -113,8 +120,9 @@ def lr_lambda(cfg: TrainLMConfig):
 
 
 @torch.no_grad()
-def evaluate(model: HybridLM, batcher: TaskBatcher, n: int, max_new_tokens: int = 80) -> dict[str, float]:
-    """Held-out accuracy per task by greedy generation, and the held-out loss."""
+def evaluate(model: HybridLM, batcher: TaskBatcher, n: int, max_new_tokens: int = 80,
+             objective: Objective | None = None) -> dict[str, float]:
+    """Held-out accuracy per task by greedy generation, the held-out loss (and the objective's)."""
     was_training = model.training
     model.eval()
     tok = batcher.tok
@@ -126,15 +134,19 @@ def evaluate(model: HybridLM, batcher: TaskBatcher, n: int, max_new_tokens: int 
         task = next(t for t in batcher.tasks if t.name == name)
         correct.setdefault(name, []).append(task.verify(ex.prompt, parse_answer(tok.decode(out))))
     x, y = batcher.batch(step=-1)  # a fixed batch from its own stream for the eval loss
-    loss = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+    out = model(x)
+    loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
     model.train(was_training)
     metrics = {f"eval/accuracy/{k}": sum(v) / len(v) for k, v in correct.items()}
     metrics["eval/loss"] = loss.item()
+    if objective is not None:
+        metrics[f"eval/{objective.name}"] = objective(x, y, out).item()
     return metrics
 
 
-def train(cfg: TrainLMConfig, resume: str | None = None, log=print) -> Run:
-    """Run (or resume) training; returns the run directory handle."""
+def train(cfg: TrainLMConfig, resume: str | None = None, log=print, objective: Objective | None = None) -> Run:
+    """Run (or resume) training; returns the run directory handle. ``objective`` replaces the next-token
+    cross-entropy as the loss (the MTP and MoE auxiliary terms stay)."""
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
@@ -177,7 +189,10 @@ def train(cfg: TrainLMConfig, resume: str | None = None, log=print) -> Run:
             x, y = batcher.batch(step, micro)
             with autocast:
                 out = model(x, return_mtp=True)
-            loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+            if objective is None:
+                loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+            else:
+                loss = objective(x, y, out)
             total = loss if out.aux_loss is None else loss + out.aux_loss
             if out.mtp_logits:
                 mtp = mtp_loss(out.mtp_logits, y)
@@ -205,7 +220,7 @@ def train(cfg: TrainLMConfig, resume: str | None = None, log=print) -> Run:
                 f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min")
             t0, tokens = time.time(), 0
         if done % cfg.run.eval_every == 0 or done == cfg.steps:
-            metrics = evaluate(model, batcher, cfg.run.eval_samples)
+            metrics = evaluate(model, batcher, cfg.run.eval_samples, objective=objective)
             run.log(done, metrics)
             log("eval  " + "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items()))
         if done % cfg.run.ckpt_every == 0 or done == cfg.steps:
