@@ -291,7 +291,8 @@ def test_des_file_that_is_no_level_is_named(des, error, match):
 
 @pytest.mark.parametrize("flag,value,match", [("--num-envs", "0", "num_envs=0 must be a positive integer"),
                                               ("--ppo.lr", "nan", "ppo.lr=nan must be a positive finite"),
-                                              ("--ppo.gamma", "1.5", r"ppo.gamma=1.5 must lie in \[0, 1\]")])
+                                              ("--ppo.gamma", "1.5", r"ppo.gamma=1.5 must lie in \[0, 1\]"),
+                                              ("--aggregator", "mgda_ub", "use --aggregator mgda")])
 def test_train_rl_settings_that_cannot_train_are_named(flag, value, match):
     from chimera.config import parse_cli
 

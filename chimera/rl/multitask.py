@@ -5,16 +5,19 @@ the others are the specialised multi-task optimizers it is compared against:
 
 - ``pcgrad`` (Yu et al. 2020): each task gradient is projected onto the normal plane of every
   other task gradient it conflicts with (negative dot product), in random order, then summed.
-- ``mgda_ub`` (Sener & Koltun 2018): the minimum-norm point of the convex hull of the task
-  gradients (Frank-Wolfe, exact line search); the weights are taken from gradients with respect
-  to ``shared_repr`` when given (the upper bound), otherwise with respect to the shared parameters.
+- ``mgda`` (Sener & Koltun 2018): the minimum-norm point of the convex hull of the task gradients
+  with respect to the shared parameters (Frank-Wolfe, exact line search); ``mgda_ub``, their upper
+  bound, takes the weights from the gradients with respect to ``shared_repr`` (the shared
+  representation, required) instead, which is one backward pass cheaper per task.
 - ``imtl_g`` (Liu et al. 2021): weights summing to one that make the aggregate's projection on
   every unit task gradient equal.
 - ``graddrop`` (Chen et al. 2020): per coordinate, keep the positive or the negative task
   gradients with probability P = (1 + sum g / sum |g|) / 2.
 - ``rlw`` (Lin et al. 2021): the losses weighted by softmax of a standard normal draw.
 - ``cagrad`` (Liu et al. 2021): the direction maximising the worst task's improvement within a ball
-  of radius c * |g0| around the mean gradient g0, rescaled by 1 / (1 + c^2).
+  of radius c * |g0| around the mean gradient g0, rescaled by 1 / (1 + c^2). Its dual is solved on
+  the Gram matrix divided by the squared mean gradient norm, as the official code does: the argmin
+  is scale-free, and so are the solver's steps.
 
 ``aggregate`` writes ``.grad`` of every parameter reached by the losses: the shared parameters
 get the aggregated gradient, the others (task-specific encoders and heads, which only one loss
@@ -28,8 +31,8 @@ from typing import Literal
 
 import torch
 
-Method = Literal["sum", "pcgrad", "mgda_ub", "imtl_g", "graddrop", "rlw", "cagrad"]
-METHODS: tuple[str, ...] = ("sum", "pcgrad", "mgda_ub", "imtl_g", "graddrop", "rlw", "cagrad")
+Method = Literal["sum", "pcgrad", "mgda", "mgda_ub", "imtl_g", "graddrop", "rlw", "cagrad"]
+METHODS: tuple[str, ...] = ("sum", "pcgrad", "mgda", "mgda_ub", "imtl_g", "graddrop", "rlw", "cagrad")
 
 
 def task_gradients(losses: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -114,8 +117,10 @@ def rlw_weights(k: int, generator: torch.Generator | None = None) -> torch.Tenso
 
 
 def cagrad_weights(G: torch.Tensor, c: float, iters: int = 500) -> torch.Tensor:
-    """argmin over the simplex of w^T G g0 + c |g0| |G^T w| (projected gradient descent; convex)."""
+    """argmin over the simplex of w^T G g0 + c |g0| |G^T w| (projected gradient descent; convex), on the
+    Gram matrix normalised by the squared mean gradient norm: scaling G scales the objective only."""
     M = (G @ G.t()).double()
+    M = M / (M.diagonal().clamp_min(0).sqrt().mean() ** 2).clamp_min(1e-300)
     k = M.size(0)
     b = M.mean(1)  # G g0 with g0 = mean gradient
     radius = c * M.mean().clamp_min(0).sqrt()
@@ -164,11 +169,14 @@ def aggregate(task_losses: dict[str, torch.Tensor] | Sequence[torch.Tensor], sha
         sum(losses).backward()
         return {}
     info: dict[str, float] = {}
-    if method in ("rlw", "mgda_ub", "imtl_g"):  # loss weighting
+    if method == "mgda_ub" and not shared_repr:
+        raise ValueError("mgda_ub needs shared_repr (the shared representation the task heads read); "
+                         "without it use 'mgda', the min-norm point of the gradients on the shared parameters")
+    if method in ("rlw", "mgda", "mgda_ub", "imtl_g"):  # loss weighting
         if method == "rlw":
             w = rlw_weights(k, generator)
-        elif method == "mgda_ub":
-            w = min_norm_weights(task_gradients(losses, list(shared_repr) if shared_repr else shared))
+        elif method in ("mgda", "mgda_ub"):
+            w = min_norm_weights(task_gradients(losses, list(shared_repr) if method == "mgda_ub" else shared))
         else:
             w = imtl_g_weights(task_gradients(losses, shared))
         g = task_gradients([sum(wi * loss for wi, loss in zip(w.tolist(), losses))], shared)[0]
@@ -182,7 +190,7 @@ def aggregate(task_losses: dict[str, torch.Tensor] | Sequence[torch.Tensor], sha
             g = graddrop(G, generator)
         else:
             g, w = cagrad(G, cagrad_c)
-    if method in ("rlw", "mgda_ub", "imtl_g", "cagrad"):
+    if method in ("rlw", "mgda", "mgda_ub", "imtl_g", "cagrad"):
         info.update({f"weight/{n}": float(wi) for n, wi in zip(names, w)})
     before = [p.grad.clone() if p.grad is not None else None for p in shared]
     sum(losses).backward()  # task-specific parameters: the summed loss

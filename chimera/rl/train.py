@@ -105,6 +105,10 @@ class TrainRLConfig:
                 raise ValueError(f"{name}={v} must be a positive integer")
         if not 0 < self.ppo.lr < math.inf:
             raise ValueError(f"ppo.lr={self.ppo.lr} must be a positive finite number")
+        if self.aggregator == "mgda_ub":
+            raise ValueError("aggregator=mgda_ub needs one shared representation of the same inputs for every task; "
+                             "here each environment has its own batch, so use --aggregator mgda (the min-norm "
+                             "point of the task gradients on the shared core)")
         for name, v in (("ppo.gamma", self.ppo.gamma), ("ppo.gae_lambda", self.ppo.gae_lambda)):
             if not 0 <= v <= 1:
                 raise ValueError(f"{name}={v} must lie in [0, 1]")
