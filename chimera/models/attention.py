@@ -105,9 +105,12 @@ class Attention(nn.Module):
         b, n, _ = hidden.shape
         g = self.nh // self.nkv
         q, k, v = self._qkv(hidden)
-        at = ctx.positions[:, None, :, None].expand(b, self.nkv, n, self.hd)
-        state.k.scatter_(2, at, k.to(state.k.dtype))
-        state.v.scatter_(2, at, v.to(state.v.dtype))
+        # index_put_ (not scatter_): a compiled graph writes it into the cache in place, where a scatter_
+        # on a graph input costs a copy of the whole cache per step
+        at = (torch.arange(b, device=hidden.device)[:, None, None],
+              torch.arange(self.nkv, device=hidden.device)[None, :, None], ctx.positions[:, None, :])
+        state.k.index_put_(at, k.to(state.k.dtype))
+        state.v.index_put_(at, v.to(state.v.dtype))
         # the query heads of each KV group share its keys: fold them into the query axis (g * n rows)
         q = q.view(b, self.nkv, g, n, self.hd).reshape(b, self.nkv, g * n, self.hd)
         key = torch.arange(state.k.size(2), device=hidden.device)
