@@ -34,27 +34,32 @@ import torch
 ALGOS = ("grpo", "dr_grpo", "dapo", "gspo", "espo")
 
 
-@dataclass(frozen=True)
+@dataclass
 class LossConfig:
+    """The policy loss: which objective, its clip range, normalisation, KL and mismatch correction."""
+
     algo: Literal["grpo", "dr_grpo", "dapo", "gspo", "espo"] = "grpo"
     eps_low: float = 0.2
-    """Lower clip: the ratio is kept above 1 - eps_low (GSPO's paper uses 3e-4 with its sequence ratio)."""
+    """Ratio clip below 1 - eps_low (GSPO's paper: 3e-4 with its sequence-level ratio)."""
     eps_high: float = 0.2
-    """Upper clip (DAPO's clip-higher: 0.28)."""
+    """Ratio clip above 1 + eps_high (DAPO's clip-higher: 0.28; GSPO's paper: 4e-4)."""
     scale_rewards: bool = True
-    """Divide group-centred rewards by the group's std (grpo, dapo, gspo, espo; never for dr_grpo)."""
+    """Divide group-centred rewards by the group's std (never for dr_grpo)."""
     max_tokens: int = 0
-    """dr_grpo's constant normaliser per sequence (0: the batch's padded width T)."""
+    """dr_grpo's constant per-sequence normaliser (0: the batch's padded length)."""
     espo_delta: float = 0.25
-    """ESPO: stop the epochs once mean |ratio - 1| over the batch exceeds this."""
+    """ESPO: stop the step's epochs once mean |ratio - 1| passes this."""
     kl_beta: float = 0.0
-    """Weight of the KL to the reference model (0: off, no reference forward)."""
+    """KL to the starting model (0: off; otherwise a frozen copy scores every batch)."""
     kl_estimator: Literal["k1", "k3"] = "k3"
     is_correction: Literal["none", "tis", "mis"] = "tis"
-    """Importance weights for the rollout-vs-trainer mismatch: truncated (tis) or masked (mis)."""
+    """Rollout-vs-trainer importance weights: truncated at is_cap (tis), or tokens outside [1/cap, cap] out (mis)."""
     is_cap: float = 2.0
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
         if self.algo not in ALGOS:
             raise ValueError(f"loss.algo={self.algo!r}; expected one of {', '.join(ALGOS)}")
         if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
@@ -62,6 +67,11 @@ class LossConfig:
                              f"and eps_high >= 0")
         if self.is_cap <= 1:
             raise ValueError(f"loss.is_cap={self.is_cap} must exceed 1")
+
+    @property
+    def scales_rewards(self) -> bool:
+        """Whether group-centred rewards are divided by the group's std (never for dr_grpo)."""
+        return self.scale_rewards and self.algo != "dr_grpo"
 
 
 def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:

@@ -54,26 +54,9 @@ class RolloutOptions:
 
 
 @dataclass
-class Objective:
-    """The policy objective (``chimera.posttrain.losses``) and how each step's episodes feed it."""
+class Objective(LossConfig):
+    """The policy objective (``chimera.posttrain.losses.LossConfig``) and how each step's episodes feed it."""
 
-    algo: Literal["grpo", "dr_grpo", "dapo", "gspo", "espo"] = "grpo"
-    eps_low: float = 0.2
-    """Ratio clip below 1 - eps_low (GSPO's paper: 3e-4 with its sequence-level ratio)."""
-    eps_high: float = 0.2
-    """Ratio clip above 1 + eps_high (DAPO's clip-higher: 0.28; GSPO's paper: 4e-4)."""
-    scale_rewards: bool = True
-    """Divide group-centred rewards by the group's std (never for dr_grpo)."""
-    max_tokens: int = 0
-    """dr_grpo's constant per-sequence normaliser (0: the batch's padded length)."""
-    espo_delta: float = 0.25
-    """ESPO: stop the step's epochs once mean |ratio - 1| passes this."""
-    kl_beta: float = 0.0
-    """KL to the starting model (0: off; otherwise a frozen copy scores every batch)."""
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    is_correction: Literal["none", "tis", "mis"] = "tis"
-    """Rollout-vs-trainer importance weights: truncated at is_cap (tis), or tokens outside [1/cap, cap] out (mis)."""
-    is_cap: float = 2.0
     epochs: int = 1
     """Passes over each step's episodes (ESPO: at most this many, stopped at delta)."""
     minibatches: int = 1
@@ -83,11 +66,6 @@ class Objective:
     """DAPO: truncated episodes out of the loss (filter), or a reward penalty near the turn limit (soft)."""
     overlong_cache: int = 16
     """soft: the penalty ramps from 0 to -1 over the last this-many tokens of rollout.max_new_tokens."""
-
-    def loss_config(self) -> LossConfig:
-        return LossConfig(self.algo, self.eps_low, self.eps_high, self.scale_rewards and self.algo != "dr_grpo",
-                          self.max_tokens, self.espo_delta, self.kl_beta, self.kl_estimator, self.is_correction,
-                          self.is_cap)
 
 
 @dataclass
@@ -176,7 +154,7 @@ class PostTrainConfig:
         if self.rollout.temperature <= 0:
             raise ValueError(f"rollout.temperature={self.rollout.temperature} must be positive for RL "
                              f"(greedy rollouts give every sample of a group the same reward)")
-        self.objective.loss_config()
+        self.objective.validate()
 
 
 class Curriculum:
@@ -303,7 +281,7 @@ def update(model: HybridLM, opt: torch.optim.Optimizer, episodes: list[Episode],
            keep: torch.Tensor, cfg: PostTrainConfig, tok, step: int, ref: HybridLM | None) -> dict[str, float]:
     """Minibatch epochs of the objective on one step's episodes; ESPO's drift is checked on each next
     minibatch before it is used, so no step is taken once it passes delta."""
-    lc, ob = cfg.objective.loss_config(), cfg.objective
+    lc = ob = cfg.objective
     b = batch_tensors(episodes, tok.pad_id)
     mask = b["mask"] * keep[:, None]
     if ob.overlong == "filter":
@@ -416,7 +394,7 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         for i, (env, seed, _) in enumerate(problems):
             group = episodes[i * n:(i + 1) * n]
             curriculum.record(env, seed, int(sum(ep.info.get("correct", 0.0) for ep in group)), n)
-        adv = group_advantages(rewards, cfg.objective.loss_config().scale_rewards).flatten()
+        adv = group_advantages(rewards, cfg.objective.scales_rewards).flatten()
         groups_kept = keep_groups(rewards) if cfg.objective.dynamic_sampling else torch.ones(len(problems),
                                                                                                   dtype=torch.bool)
         keep = groups_kept.repeat_interleave(n).float()
