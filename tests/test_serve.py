@@ -447,7 +447,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(served):
         if i == 3:
             break
     stream.close()
-    deadline = time.time() + 10
+    deadline = time.time() + 60
     while not (stats.cancelled > cancelled and server.loop.engine.idle):
         assert time.time() < deadline, "the disconnected request kept its row"
         time.sleep(0.05)
@@ -462,7 +462,7 @@ def test_a_client_that_gives_up_on_a_whole_answer_frees_its_row(served):
     body = chat("ramble on", max_tokens=CONTEXT - 20, ignore_eos=True, n=4)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/chat/completions", json=body, timeout=0.1)
-    deadline = time.time() + 10
+    deadline = time.time() + 60
     while not (stats.cancelled >= cancelled + 4 and server.loop.engine.idle):
         assert time.time() < deadline, "the abandoned request kept its rows"
         time.sleep(0.02)

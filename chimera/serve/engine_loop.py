@@ -132,12 +132,12 @@ class EngineLoop:
             message = f"the inference engine failed: {type(e).__name__}: {e}"
             traceback.print_exc()
             failed, self._groups = self._groups, {}
+            self.engine = Engine(self.model, self.max_rows, self.capacity, self.compile)  # before anyone hears
             by_group: dict[int, tuple[_Group, dict]] = {}
             for rid, g in failed.items():
                 by_group.setdefault(id(g), (g, {}))[1][rid] = Output(error=message, finish_reason="error")
             for g, outs in by_group.values():
                 self._deliver(g, outs)
-            self.engine = Engine(self.model, self.max_rows, self.capacity, self.compile)
             return
         self.stats.steps += 1
         self.stats.busy = self.engine.busy
