@@ -25,11 +25,15 @@ class GenerateArgs:
     thinking: bool = True
     """With --chat: let the model think inside <think>...</think> first."""
     max_new_tokens: int = 128
+    """Tokens to generate at most (the thinking segment and the answer together)."""
     temperature: float = 0.0
     """0 means greedy."""
     top_k: int = 0
+    """Sample only among the k most likely tokens (0: all)."""
     top_p: float = 1.0
+    """Sample only among the most likely tokens whose probabilities sum to p (1: all)."""
     seed: int = 0
+    """Fixes the sampled tokens (the same seed, the same output)."""
     show_special: bool = False
     """Print special tokens such as <think> in the output."""
     thinking_budget: int = -1

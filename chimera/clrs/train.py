@@ -54,7 +54,9 @@ class TrainCLRSConfig:
     processor: str = "triplet_gmpnn"
     """mpnn, pgn or triplet_gmpnn."""
     hidden: int = 128
+    """Width of the node, edge and graph features."""
     steps: int = 10_000
+    """Optimizer steps."""
     batch_size: int = 32
     lr: float = 1e-3
     grad_clip: float = 1.0

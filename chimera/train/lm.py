@@ -67,6 +67,7 @@ class TrainLMConfig:
     model: str = "tiny-moe"
     """A named size (chimera models) or an HF NemotronH checkpoint directory to start from."""
     steps: int = 1000
+    """Optimizer steps."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """bfloat16 runs the forward under autocast; weights and optimizer stay fp32."""
     precision: Literal["none", "fp8", "nvfp4"] = "none"
