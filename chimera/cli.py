@@ -197,43 +197,37 @@ class CompressArgs:
     seed: int = 0
 
 
+def _run_resumable(cls, argv: list[str], prog: str, about: str, run) -> int:
+    """The training commands: ``cls`` from flags (and ``--preset``), then ``run(cfg, resume=...)``."""
+    cfg, flags = parse_cli(cls, argv, prog=prog, preset_flags=("--preset", "--resume"),
+                           description=about + " --preset PATH loads a JSON preset (configs/); later flags override "
+                           "it. --resume RUN_DIR continues a run from its latest checkpoint with its saved config.")
+    run(cfg, resume=flags.get("--resume"))
+    return 0
+
+
 def cmd_train_lm(argv: list[str]) -> int:
     from chimera.train.lm import TrainLMConfig, train
 
-    cfg, flags = parse_cli(
-        TrainLMConfig, argv, prog="chimera train-lm",
-        description=("Train a hybrid Mamba/attention/MoE language model on synthetic reasoning tasks. "
-                     "--preset PATH loads a JSON preset (configs/); later flags override it. "
-                     "--resume RUN_DIR continues a run from its latest checkpoint with its saved config."),
-        preset_flags=("--preset", "--resume"))
-    train(cfg, resume=flags.get("--resume"))
-    return 0
+    return _run_resumable(TrainLMConfig, argv, "chimera train-lm",
+                          "Train a hybrid Mamba/attention/MoE language model on synthetic reasoning tasks.", train)
 
 
 def cmd_post_train(argv: list[str]) -> int:
     from chimera.posttrain.train import PostTrainConfig, train
 
-    cfg, flags = parse_cli(
-        PostTrainConfig, argv, prog="chimera post-train",
-        description=("Post-train a hybrid LM with RL on several environments at once (GRPO, Dr.GRPO, DAPO, GSPO, "
-                     "ESPO). --preset PATH loads a JSON preset (configs/posttrain*.json); later flags override it. "
-                     "--resume RUN_DIR continues a run from its latest checkpoint with its saved config."),
-        preset_flags=("--preset", "--resume"))
-    train(cfg, resume=flags.get("--resume"))
-    return 0
+    return _run_resumable(PostTrainConfig, argv, "chimera post-train",
+                          "Post-train a hybrid LM with RL on several environments at once (GRPO, Dr.GRPO, DAPO, "
+                          "GSPO, ESPO; presets configs/posttrain*.json).", train)
 
 
 def cmd_train_rl(argv: list[str]) -> int:
     from chimera.rl.train import TrainRLConfig, train_rl
 
-    cfg, flags = parse_cli(
-        TrainRLConfig, argv, prog="chimera train-rl",
-        description=("Train one agent on a mix of environments with PPO or ESPO (losses summed across "
-                     "environments). --preset PATH loads a JSON preset (configs/); later flags override it. "
-                     "--resume RUN_DIR continues from the latest checkpoint (episodes restart)."),
-        preset_flags=("--preset", "--resume"))
-    train_rl(cfg, resume=flags.get("--resume"))  # ends with the per-environment table and the plot paths
-    return 0
+    # ends with the per-environment table and the plot paths; a resumed run's episodes restart
+    return _run_resumable(TrainRLConfig, argv, "chimera train-rl",
+                          "Train one agent on a mix of environments with PPO or ESPO (losses summed across "
+                          "environments).", train_rl)
 
 
 def cmd_eval_rl(argv: list[str]) -> int:
@@ -315,14 +309,10 @@ def cmd_clrs(argv: list[str]) -> int:
     if action == "train":
         from chimera.clrs.train import TrainCLRSConfig, train_clrs
 
-        cfg, flags = parse_cli(
-            TrainCLRSConfig, rest, prog="chimera clrs train",
-            description=("Train an encode-process-decode learner (MPNN, PGN or Triplet-GMPNN) on CLRS algorithms; "
-                         "several algorithms share one processor. Ends with validation (n=16) and out-of-"
-                         "distribution test (n=64) scores. --resume RUN_DIR continues a run."),
-            preset_flags=("--preset", "--resume"))
-        train_clrs(cfg, resume=flags.get("--resume"))
-        return 0
+        return _run_resumable(TrainCLRSConfig, rest, "chimera clrs train",
+                              "Train an encode-process-decode learner (MPNN, PGN or Triplet-GMPNN) on CLRS algorithms; "
+                              "several algorithms share one processor. Ends with validation (n=16) and out-of-"
+                              "distribution test (n=64) scores.", train_clrs)
     raise ConfigError(f"unknown clrs action {action!r}\n\n{CLRS_USAGE}")
 
 
@@ -480,14 +470,9 @@ def cmd_prune(argv: list[str]) -> int:
 def cmd_distill(argv: list[str]) -> int:
     from chimera.compress.distill import DistillConfig, distill
 
-    cfg, flags = parse_cli(
-        DistillConfig, argv, prog="chimera distill",
-        description=("Distil --teacher CHECKPOINT into --student (a checkpoint, e.g. from chimera prune, or a named "
-                     "size) by logit KL on the train-lm loop and data. --preset PATH loads a JSON preset; "
-                     "--resume RUN_DIR continues a run from its latest checkpoint with its saved config."),
-        preset_flags=("--preset", "--resume"))
-    distill(cfg, resume=flags.get("--resume"))
-    return 0
+    return _run_resumable(DistillConfig, argv, "chimera distill",
+                          "Distil --teacher CHECKPOINT into --student (a checkpoint, e.g. from chimera prune, or a "
+                          "named size) by logit KL on the train-lm loop and data.", distill)
 
 
 def cmd_compress(argv: list[str]) -> int:
