@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from chimera.config import ConfigError, parse_cli
 class GenerateArgs:
     """Generate text from a checkpoint directory (HF NemotronH format, e.g. runs/<run>/model)."""
 
-    checkpoint: Annotated[str, tyro.conf.Positional]
+    checkpoint: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
     """Checkpoint directory with config.json and safetensors."""
     prompt: str = "12+34="
     """The user's message (with --chat) or raw text (with --no-chat)."""
@@ -62,7 +63,7 @@ class ModelsArgs:
 class CLRSSampleArgs:
     """Print one sampled problem of a CLRS algorithm: its inputs, hints (per step) and outputs."""
 
-    algorithm: Annotated[str, tyro.conf.Positional]
+    algorithm: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="ALGORITHM")]
     """An official CLRS-30 name, e.g. insertion_sort, bfs, kmp_matcher (chimera clrs list)."""
     n: int = 8
     """Problem size (nodes)."""
@@ -73,9 +74,9 @@ class CLRSSampleArgs:
 class EnvsArgs:
     """List environment ids, or step one and print its steps/s: `chimera envs`, `chimera envs check ID`."""
 
-    action: Annotated[str, tyro.conf.Positional] = "list"
+    action: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="[list|check]")] = "list"
     """list, or check"""
-    env_id: Annotated[str, tyro.conf.Positional] = ""
+    env_id: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="[ENV_ID]")] = ""
     """The id to check, e.g. minihack/Room-5x5."""
     family: str = ""
     """With list: only this family (gym, mujoco, minihack, nethack)."""
@@ -87,7 +88,7 @@ class EnvsArgs:
 class EvalRLArgs:
     """Play episodes with a trained agent and report return and success per environment."""
 
-    run_dir: Annotated[str, tyro.conf.Positional]
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
     """A train-rl run folder."""
     episodes: int = 10
     seed: int = 10_000
@@ -103,7 +104,7 @@ class EvalRLArgs:
 class ReportArgs:
     """Plot a run's metrics to PNGs and print the last value of each metric."""
 
-    run_dir: Annotated[str, tyro.conf.Positional]
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
     """A folder under runs/."""
 
 
@@ -112,7 +113,7 @@ class PruneArgs:
     """Prune an HF NemotronH checkpoint by Minitron activation importance (width axes and depth); writes a
     checkpoint that transformers loads. Unset targets keep their axis."""
 
-    checkpoint: Annotated[str, tyro.conf.Positional]
+    checkpoint: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
     """Checkpoint directory with config.json and safetensors."""
     out: str
     """Directory for the pruned checkpoint (config.json, safetensors, tokenizer files, prune.json)."""
@@ -154,7 +155,7 @@ class CompressArgs:
     few (one per depth first) by a short distillation, distil the winner; writes OUT/model (an HF NemotronH
     checkpoint) and OUT/search.{json,md} (every candidate's sizes and held-out scores)."""
 
-    checkpoint: Annotated[str, tyro.conf.Positional]
+    checkpoint: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CHECKPOINT")]
     """The teacher: a checkpoint directory with config.json and safetensors."""
     out: str
     target_params: int | None = None
@@ -199,9 +200,7 @@ class CompressArgs:
 
 def _run_resumable(cls, argv: list[str], prog: str, about: str, run) -> int:
     """The training commands: ``cls`` from flags (and ``--preset``), then ``run(cfg, resume=...)``."""
-    cfg, flags = parse_cli(cls, argv, prog=prog, preset_flags=("--preset", "--resume"),
-                           description=about + " --preset PATH loads a JSON preset (configs/); later flags override "
-                           "it. --resume RUN_DIR continues a run from its latest checkpoint with its saved config.")
+    cfg, flags = parse_cli(cls, argv, prog=prog, preset_flags=("--preset", "--resume"), description=about)
     run(cfg, resume=flags.get("--resume"))
     return 0
 
@@ -236,8 +235,9 @@ def cmd_eval_rl(argv: list[str]) -> int:
     args = tyro.cli(EvalRLArgs, args=argv, prog="chimera eval-rl")
     results = evaluate_agent(args.run_dir, args.episodes, args.seed, args.greedy, args.render, args.record or None)
     print(f"{'environment':<32}{'episodes':>9}{'return':>10}{'success':>10}")
-    for task, r in results.items():
-        print(f"{task:<32}{r['episodes']:>9}{r['return']:>10.2f}{r['success']:>10.2f}")
+    for task, r in results.items():  # '-': the environment has no notion of success (as in training's table)
+        success = "-" if math.isnan(r["success"]) else f"{r['success']:.2f}"
+        print(f"{task:<32}{r['episodes']:>9}{r['return']:>10.2f}{success:>10}")
     for task, r in results.items():
         if "recording" in r:
             print(f"recorded {task}: {r['recording']}")
@@ -449,8 +449,9 @@ def cmd_report(argv: list[str]) -> int:
         for k, v in r.items():
             if k not in ("step", "time"):
                 last[k] = (int(r["step"]), v)
+    width = max(map(len, last)) + 2  # long metric names (charts/episodic_return/minihack/...) stay aligned
     for k in sorted(last):
-        print(f"{k:<40} {last[k][1]:>12.4f}  (step {last[k][0]})")
+        print(f"{k:<{width}} {last[k][1]:>12.4f}  (step {last[k][0]})")
     for p in plot_metrics(run / "metrics.jsonl", run / "plots"):
         print(f"wrote {p}")
     return 0

@@ -8,7 +8,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 T = TypeVar("T")
 
@@ -124,6 +124,25 @@ def load_preset(cls: type[T], path: str | Path) -> T:
         raise ConfigError(f"{path}: {e}") from e
 
 
+PRESET_FLAG_HELP = {  # flag: (metavar, help)
+    "--preset": ("PATH", "A JSON preset (configs/*.json) that gives the defaults; later flags override it."),
+    "--resume": ("RUN_DIR", "A run directory (runs/NAME-TIMESTAMP) to continue from its latest checkpoint, with "
+                            "its saved config; later flags override it (e.g. --steps to train longer)."),
+}
+
+
+def _with_preset_flags(cls: type[T], preset_flags: tuple[str, ...]) -> type[T]:
+    """``cls`` with a string field per preset flag, so that --help lists them beside the options. They are
+    read before tyro parses (they set its defaults), so tyro never sees them and they stay empty."""
+    import tyro
+
+    extra = [(f.lstrip("-").replace("-", "_"),
+              Annotated[str, tyro.conf.arg(metavar=PRESET_FLAG_HELP[f][0], help=PRESET_FLAG_HELP[f][1])],
+              dataclasses.field(default=""))
+             for f in preset_flags]
+    return dataclasses.make_dataclass(cls.__name__, extra, bases=(cls,))
+
+
 def parse_cli(cls: type[T], argv: list[str], prog: str, description: str,
               preset_flags: tuple[str, ...] = ("--preset",)) -> tuple[T, dict[str, str]]:
     """Parse ``argv`` into ``cls``: ``--preset PATH`` (and other ``preset_flags``) are read first and
@@ -143,7 +162,11 @@ def parse_cli(cls: type[T], argv: list[str], prog: str, description: str,
     default = load_preset(cls, flags["--preset"]) if flags.get("--preset") else None
     if "--resume" in flags:
         default = load_preset(cls, Path(flags["--resume"]) / "config.json")
-    cfg = tyro.cli(cls, args=rest, prog=prog, description=description, default=default)
+    shown = _with_preset_flags(cls, preset_flags)  # the same fields, plus the preset flags for --help
+    if default is not None:
+        default = shown(**{f.name: getattr(default, f.name) for f in dataclasses.fields(cls) if f.init})
+    parsed = tyro.cli(shown, args=rest, prog=prog, description=description, default=default)
+    cfg = cls(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(cls) if f.init})
     validate = getattr(cfg, "validate", None)
     if validate is not None:
         try:

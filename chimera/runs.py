@@ -316,6 +316,7 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path, keys: list[str] 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read_metrics(metrics_path)
     out_dir = Path(out_dir)
@@ -338,6 +339,8 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path, keys: list[str] 
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 30 else None)
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("step")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # long step numbers must not run together
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useMathText=True)
             ax.grid(alpha=0.3)
         fig.tight_layout()
         path = out_dir / f"{group.replace('/', '_')}.png"

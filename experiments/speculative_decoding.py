@@ -20,7 +20,7 @@ prompt has its own seed, the same in every repeat, so a method's outputs and tok
 change between repeats; the two methods draw different samples, so each one's tokens/s is over
 its own tokens. Every method's answers are checked by the tasks' verifiers (``accuracy``).
 
-    python experiments/speculative_decoding.py                 # tiny-mtp-deep, 2400 steps: ~25 min on 2 cores
+    python experiments/speculative_decoding.py                 # configs/speculative.json: tiny-mtp-deep, 1200 steps
     python experiments/speculative_decoding.py --steps 100     # a quick check
     python experiments/speculative_decoding.py --model-dir runs/<run>/model --temperature 1.0
 Writes results/speculative_decoding.json (greedy) or results/speculative_decoding_t<T>.json.
@@ -31,24 +31,26 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from chimera.config import load_preset
 from chimera.data.batching import TaskBatcher, parse_answer, prompt_tokens
 from chimera.data.synthetic import make_task
 from chimera.inference import SamplingConfig, generate, speculative_generate
 from chimera.models import HybridLM
-from chimera.train.lm import DataConfig, OptimConfig, RunConfig, TrainLMConfig, train
+from chimera.train.lm import TrainLMConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=2400)
-    ap.add_argument("--model", default="tiny-mtp-deep",
-                    help="a named size with MTP layers (tiny-mtp-deep, tiny-mtp, small-mtp)")
+    ap.add_argument("--steps", type=int, default=0, help="0: the preset's (configs/speculative.json)")
+    ap.add_argument("--model", default="",
+                    help="a named size with MTP layers (tiny-mtp-deep, tiny-mtp, small-mtp); default: the preset's")
     ap.add_argument("--prompts", type=int, default=24)
     ap.add_argument("--model-dir", default="", help="reuse a trained checkpoint instead of training")
     ap.add_argument("--train-threads", type=int, default=2)
@@ -72,11 +74,10 @@ def main() -> None:
     if a.model_dir:
         model_dir = Path(a.model_dir)
     else:
-        cfg = TrainLMConfig(model=a.model, steps=a.steps, optim=OptimConfig(lr=2e-3, warmup_steps=100),
-                            data=DataConfig(tasks=("add", "sort"), seq_len=96, batch_size=32),
-                            run=RunConfig(name="speculative", out_dir=str(ROOT / "runs"), eval_every=a.steps,
-                                          threads=a.train_threads,
-                                          eval_samples=64, ckpt_every=500, log_every=50))
+        cfg = load_preset(TrainLMConfig, ROOT / "configs" / "speculative.json")  # what the README trains
+        cfg = replace(cfg, model=a.model or cfg.model, steps=a.steps or cfg.steps,
+                      run=replace(cfg.run, out_dir=str(ROOT / "runs"), eval_every=a.steps or cfg.steps,
+                                  threads=a.train_threads))
         model_dir = train(cfg).path / "model"
     model = HybridLM.from_pretrained(model_dir)
     batcher = TaskBatcher(("add", "sort"), 96, 1, seed=0)

@@ -9,7 +9,8 @@ $BIN/chimera train-lm --preset configs/demo-lm.json --run.out-dir "$OUT"
 RUN=$(ls -td "$OUT"/demo-lm-* | head -n 1)
 echo
 echo "== a held-out question, answered by the trained model (greedy, thinking shown) =="
-$BIN/chimera generate "$RUN/model" --prompt "407+61=" --show-special
+$BIN/chimera generate "$RUN/model" --prompt "407+61="
+$BIN/python scripts/demo_lm_summary.py "$RUN"
 echo
 echo "== final metrics ($RUN) =="
 $BIN/chimera report "$RUN" | grep -E "eval/|train_loss|wrote"

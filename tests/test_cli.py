@@ -181,3 +181,16 @@ def test_a_seq_len_too_short_for_a_task_is_refused_before_the_run_starts(tmp_pat
 def test_a_misspelt_clrs_algorithm_suggests_the_close_match(capsys):
     assert main(["clrs", "sample", "insertion-sort"]) == 2
     assert "did you mean 'insertion_sort'?" in capsys.readouterr().err
+
+
+def test_making_minihack_and_halfcheetah_prints_no_dependency_noise():
+    """minihack's pkg_resources warning and MuJoCo 4's `settotalmass` line used to open every command."""
+    import subprocess
+    import sys
+
+    code = ("from chimera.envs import make\n"
+            "for i in ('minihack/Room-5x5', 'mujoco/HalfCheetah', 'mujoco/HalfCheetah'):\n"
+            "    make(i).reset(seed=0)\n")
+    out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pkg_resources" not in out.stderr and "settotalmass" not in out.stderr + out.stdout, out.stderr

@@ -304,7 +304,23 @@ def test_seeded_runs_are_reproducible_and_eval_rl_plays(tmp_path, capsys):
     assert strip == [{k: v for k, v in r.items() if k not in ("time", "charts/SPS")}
                      for r in read_metrics(b.metrics_path)]
     assert main(["eval-rl", str(a.path), "--episodes", "2"]) == 0
-    assert "gym/CartPole" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gym/CartPole" in out
+    assert out.splitlines()[1].split()[-1] == "-"  # CartPole has no success: '-', as in training's table
+    assert not any("worker_restarts" in r for r in read_metrics(a.metrics_path))  # in-process: nothing restarts
+
+
+def test_eval_rl_render_names_the_environment_and_record_films_cartpole(tmp_path, capsys):
+    from chimera.cli import main
+    from chimera.rl.train import train_rl
+
+    run = train_rl(_tiny_rl_cfg(tmp_path, "ppo"), log=lambda *_: None)
+    assert main(["eval-rl", str(run.path), "--episodes", "1", "--render", "--record", str(tmp_path / "v")]) == 0
+    out = capsys.readouterr().out
+    assert "== gym/CartPole  episode 1  step 1  reward +1.00" in out and "  obs [" in out
+    assert "(episode over)" in out
+    gif = tmp_path / "v" / "gym_CartPole.gif"
+    assert f"recorded gym/CartPole: {gif}" in out and gif.stat().st_size > 1000
 
 
 def test_multi_task_update_aggregates_the_core_gradient_and_logs_its_cosine():

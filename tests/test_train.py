@@ -101,3 +101,57 @@ def test_backbone_alone_initialises_every_parameter():
     experts = net.layers[1].mixer.experts
     assert 0.015 < experts.up_proj.std().item() < 0.025 and 0.015 < experts.down_proj.std().item() < 0.025
     assert net.layers[1].mixer.gate.weight.std().item() > 0.015
+
+
+def _rows(batcher, steps=4):
+    """Decoded assistant turns (the loss targets) of a few batches."""
+    from chimera.data.batching import IGNORE
+
+    rows = []
+    for step in range(steps):
+        x, y = batcher.batch(step)
+        for i in range(x.shape[0]):
+            keep = y[i] != IGNORE
+            first = int(keep.nonzero()[0])
+            rows.append((batcher.tok.decode(x[i, : first + 1].tolist()), batcher.tok.decode(y[i][keep].tolist())))
+    return rows
+
+
+def test_thinking_off_and_cut_trace_fractions_make_the_examples_they_name():
+    from chimera.data.batching import TaskBatcher
+
+    plain = TaskBatcher(("add", "sort"), 96, 16, seed=3)
+    assert plain.batch(0)[0].equal(
+        TaskBatcher(("add", "sort"), 96, 16, seed=3, thinking_off=0.0, thinking_cut=0.0).batch(0)[0])
+    off = TaskBatcher(("add", "sort"), 96, 16, seed=3, thinking_off=1.0)
+    for prompt, target in _rows(off):  # an empty think segment in the prompt, then the answer only
+        assert prompt.endswith("<think></think>") and "</think>" not in target, (prompt, target)
+    cut = TaskBatcher(("add",), 96, 16, seed=3, thinking_cut=1.0)
+    traces = [target.split("</think>")[0] for _, target in _rows(cut)]
+    full = [target.split("</think>")[0] for _, target in _rows(plain)]
+    assert all(t.count("</think>") == 0 for t in traces)
+    assert sum(len(t) for t in traces) < 0.8 * sum(len(t) for t in full)  # cut at a uniform point on average
+    mixed = _rows(TaskBatcher(("add", "sort"), 96, 64, seed=3, thinking_off=0.25, thinking_cut=0.25), steps=8)
+    frac_off = sum(p.endswith("<think></think>") for p, _ in mixed) / len(mixed)
+    assert 0.17 < frac_off < 0.33, frac_off
+
+
+@pytest.mark.parametrize("kw, msg", [({"thinking_off": 1.5}, "in \\[0, 1\\]"),
+                                     ({"thinking_off": 0.6, "thinking_cut": 0.6}, "> 1"),
+                                     ({"thinking": False, "thinking_cut": 0.2}, "already thinking-off")])
+def test_bad_thinking_fractions_are_refused(kw, msg):
+    from chimera.data.batching import TaskBatcher
+
+    with pytest.raises(ValueError, match=msg):
+        TaskBatcher(("add",), 96, 4, seed=0, **kw)
+
+
+def test_thinking_off_data_is_evaluated_with_thinking_off_too():
+    from chimera.data.batching import TaskBatcher
+    from chimera.train.lm import evaluate
+
+    model = HybridLM(get_config("tiny")).eval()
+    metrics = evaluate(model, TaskBatcher(("add",), 96, 4, seed=0, thinking_off=0.5), 2, max_new_tokens=4)
+    assert {"eval/accuracy/add", "eval/accuracy_no_thinking/add", "eval/loss"} <= set(metrics)
+    assert "eval/accuracy_no_thinking/add" not in evaluate(model, TaskBatcher(("add",), 96, 4, seed=0), 2,
+                                                           max_new_tokens=4)

@@ -16,11 +16,16 @@ from chimera.tokenizer import ByteTokenizer, Message
 IGNORE = -100
 
 
-def chat_tokens(tok: ByteTokenizer, ex: Example, thinking: bool = True) -> tuple[list[int], int]:
-    """The chat-formatted example and the index where the assistant's answer (the loss) starts."""
+def chat_tokens(tok: ByteTokenizer, ex: Example, thinking: bool = True,
+                cut: int | None = None) -> tuple[list[int], int]:
+    """The chat-formatted example and the index where the assistant's answer (the loss) starts.
+
+    ``cut`` keeps only the first ``cut`` characters of the trace before ``</think>``: what a thinking
+    budget that closes the segment early leaves, so the model learns to answer from there."""
     prompt = tok.apply_chat_template([Message("user", ex.prompt)], add_generation_prompt=True,
                                      enable_thinking=thinking)
-    completion = (ex.thinking + "</think>" if thinking else "") + ex.answer + "<eos>"
+    trace = ex.thinking if cut is None else ex.thinking[:cut]
+    completion = (trace + "</think>" if thinking else "") + ex.answer + "<eos>"
     p = tok.encode(prompt)
     return p + tok.encode(completion), len(p)
 
@@ -50,13 +55,23 @@ class TaskBatcher:
     """Deterministic batches over a mix of synthetic tasks."""
 
     def __init__(self, tasks: Sequence[str], seq_len: int, batch_size: int, seed: int,
-                 mode: str = "sft", thinking: bool = True):
+                 mode: str = "sft", thinking: bool = True, thinking_off: float = 0.0, thinking_cut: float = 0.0):
         if mode not in ("sft", "pretrain"):
             raise ValueError(f"mode={mode!r} (expected 'sft' or 'pretrain')")
+        for name, frac in (("thinking_off", thinking_off), ("thinking_cut", thinking_cut)):
+            if not 0.0 <= frac <= 1.0:
+                raise ValueError(f"data.{name}={frac} is a fraction of the examples; give a value in [0, 1]")
+        if thinking_off + thinking_cut > 1.0:
+            raise ValueError(f"data.thinking_off + data.thinking_cut = {thinking_off + thinking_cut:g} > 1; "
+                             "they are fractions of the same examples")
+        if not thinking and (thinking_off or thinking_cut):
+            raise ValueError("data.thinking_off / data.thinking_cut mix thinking-off or cut traces into thinking-on "
+                             "data; with --data.no-thinking every example is already thinking-off")
         self.tok = ByteTokenizer()
         self.tasks = [make_task(t) for t in tasks]
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.mode, self.thinking = mode, thinking
+        self.thinking_off, self.thinking_cut = thinking_off, thinking_cut
         if mode == "sft":
             self._check_seq_len()
 
@@ -67,6 +82,18 @@ class TaskBatcher:
             if need > self.seq_len:
                 raise ValueError(f"data.seq_len={self.seq_len} is too short for task {task.name!r}: its examples "
                                  f"need up to {need} tokens; set --data.seq-len {need} or more")
+
+    def _example_tokens(self, ex: Example, rng: random.Random) -> tuple[list[int], int]:
+        """The example with thinking on, off (a ``thinking_off`` fraction) or cut short (``thinking_cut``).
+        No extra random draw when both fractions are 0, so such runs see the data they always saw."""
+        if not (self.thinking_off or self.thinking_cut):
+            return chat_tokens(self.tok, ex, self.thinking)
+        r = rng.random()
+        if r < self.thinking_off:
+            return chat_tokens(self.tok, ex, thinking=False)
+        if r < self.thinking_off + self.thinking_cut:
+            return chat_tokens(self.tok, ex, cut=rng.randrange(len(ex.thinking) + 1))
+        return chat_tokens(self.tok, ex)
 
     def _rng(self, step: int, micro: int, split: int = 0) -> random.Random:
         return random.Random(f"{self.seed}/{split}/{step}/{micro}")
@@ -80,7 +107,7 @@ class TaskBatcher:
         for i in range(self.batch_size):
             if self.mode == "sft":
                 ex = sample_split(rng.choice(self.tasks), rng, held_out=False)
-                ids, start = chat_tokens(self.tok, ex, self.thinking)
+                ids, start = self._example_tokens(ex, rng)
                 if len(ids) > T + 1:
                     raise ValueError(f"the example {ex.prompt!r} needs {len(ids) - 1} tokens; "
                                      f"raise data.seq_len above {T}")
@@ -93,7 +120,7 @@ class TaskBatcher:
                 stream: list[int] = []
                 while len(stream) < T + 1:
                     ex = sample_split(rng.choice(self.tasks), rng, held_out=False)
-                    stream += chat_tokens(self.tok, ex, self.thinking)[0]
+                    stream += self._example_tokens(ex, rng)[0]
                 x[i] = torch.tensor(stream[:T])
                 y[i] = torch.tensor(stream[1:T + 1])
         return x, y

@@ -12,6 +12,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,9 @@ NLE_DEFAULT_KEYS = ("glyphs", "blstats", "message")
 
 def _import_nle() -> None:
     try:
-        import minihack  # noqa: F401  (registers MiniHack ids)
+        with warnings.catch_warnings():  # minihack 1.0.2 imports pkg_resources, which warns on every command
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            import minihack  # noqa: F401  (registers MiniHack ids)
         import nle  # noqa: F401  (registers NetHack ids)
     except ImportError as e:
         raise ImportError("NetHack / MiniHack environments need the envs extra: "
@@ -114,6 +118,22 @@ def _des_text(des: Any) -> str:
     return des
 
 
+_MUJOCO_NOISE = "compiler attribute 'settotalmass' is deprecated"
+
+
+def _quiet_make(gid: str, **kwargs: Any) -> gym.Env:
+    """gym.make for a MuJoCo env without the C-level deprecation line MuJoCo 4 prints for gymnasium's XML
+    (HalfCheetah's `settotalmass`) once per env; anything else it prints is passed on."""
+    from chimera.envs.nle import capture_fds
+
+    with capture_fds() as out:
+        env = gym.make(gid, **kwargs)
+    rest = [line for line in out[0].splitlines(keepends=True) if _MUJOCO_NOISE not in line and line.strip()]
+    if rest:
+        sys.stderr.write("".join(rest))
+    return env
+
+
 def make(env_id: str, **kwargs: Any) -> gym.Env:
     """A gymnasium env for a chimera id (see module docstring). NLE families accept
     ``max_episode_steps``, ``observation_keys`` and ``crop_size`` (an egocentric glyph crop)."""
@@ -135,6 +155,7 @@ def make(env_id: str, **kwargs: Any) -> gym.Env:
                 import mujoco  # noqa: F401
             except ImportError as e:
                 raise ImportError("MuJoCo environments need the envs extra: pip install -e '.[envs]'") from e
+            return _quiet_make(gid, **kwargs)
         return gym.make(gid, **kwargs)
 
     _import_nle()

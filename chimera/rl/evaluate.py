@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +15,24 @@ from chimera.envs.vector import episode_success
 from chimera.rl.train import clip_action, env_kwargs, load_agent, to_tensor
 
 
-def render_text(env) -> str:
-    """The NetHack screen as text (tty_chars), or the env's own ansi / text rendering."""
-    obs = getattr(env.unwrapped, "last_observation", None)
+def render_text(env, obs, action) -> str:
+    """The NetHack screen as text (tty_chars), the env's own ansi rendering, or else (CartPole, MuJoCo)
+    the observation vector and the action, which is what such an agent sees and does."""
+    last = getattr(env.unwrapped, "last_observation", None)
     keys = getattr(env.unwrapped, "_observation_keys", None)
-    if obs is not None and keys and "tty_chars" in keys:
-        chars = obs[keys.index("tty_chars")]
+    if last is not None and keys and "tty_chars" in keys:
+        chars = last[keys.index("tty_chars")]
         return "\n".join(bytes(row).decode("latin-1").rstrip() for row in chars)
-    try:
-        frame = env.render()
-        return frame if isinstance(frame, str) else ""
-    except Exception:
-        return ""
+    if env.render_mode == "ansi":
+        return env.render()
+    vec = np.array2string(np.asarray(obs, dtype=float).ravel(), precision=3, suppress_small=True, max_line_width=100)
+    act = np.array2string(np.asarray(action, dtype=float).ravel(), precision=3, suppress_small=True)
+    return f"  obs {vec}\n  action {act}"
+
+
+def can_record(task: str) -> bool:
+    """Environments with an image rendering (gymnasium's rgb_array): classic control and MuJoCo."""
+    return task.startswith(("gym/", "mujoco/"))
 
 
 def save_gif(frames: list[np.ndarray], path: Path, fps: float) -> Path:
@@ -43,8 +50,10 @@ def evaluate_agent(run_dir: str | Path, episodes: int, seed: int, greedy: bool =
                    max_frames: int = 400) -> dict[str, dict[str, float]]:
     """Mean return and success over ``episodes`` seeded episodes per environment of the run.
 
-    ``record``: a folder; the first episode of every MuJoCo environment is rendered headless
-    (MuJoCo's EGL backend unless MUJOCO_GL says otherwise) and saved there as ``<env>.gif``.
+    ``render``: every step of the first episode is printed under a line naming the environment.
+    ``record``: a folder; the first episode of every environment with an image rendering (gym, MuJoCo:
+    headless, MuJoCo's EGL backend unless MUJOCO_GL says otherwise) is saved there as ``<env>.gif``;
+    an environment without one (NetHack / MiniHack) is named on stderr.
     """
     if record:
         os.environ.setdefault("MUJOCO_GL", "egl")  # read when mujoco is first imported
@@ -54,7 +63,10 @@ def evaluate_agent(run_dir: str | Path, episodes: int, seed: int, greedy: bool =
         kw = env_kwargs(task, cfg)
         if render and task.startswith(("minihack/", "nethack/")):
             kw["observation_keys"] = (*kw["observation_keys"], "tty_chars")
-        filming = bool(record) and task.startswith("mujoco/")
+        filming = bool(record) and can_record(task)
+        if record and not filming:
+            print(f"--record: {task} has no image rendering; nothing recorded for it (--render prints its screen "
+                  "as text)", file=sys.stderr)
         if filming:
             kw["render_mode"] = "rgb_array"
         env = make(task, **kw)
@@ -64,7 +76,7 @@ def evaluate_agent(run_dir: str | Path, episodes: int, seed: int, greedy: bool =
             obs, _ = env.reset(seed=seed + ep)
             state = agent.initial_state(1)
             start = torch.ones(1, dtype=torch.bool)
-            total, done = 0.0, False
+            total, done, t = 0.0, False, 0
             while not done:
                 o = to_tensor({k: v[None] for k, v in obs.items()} if isinstance(obs, dict) else obs[None])
                 if isinstance(o, dict):
@@ -75,13 +87,16 @@ def evaluate_agent(run_dir: str | Path, episodes: int, seed: int, greedy: bool =
                     action = dist.mode
                 else:
                     action = dist.sample()
-                obs, r, term, trunc, info = env.step(clip_action(action[0].numpy(), env.action_space))
+                act = clip_action(action[0].numpy(), env.action_space)
+                obs, r, term, trunc, info = env.step(act)
                 if filming and ep == 0 and len(frames) < max_frames:
                     frames.append(env.render())
                 total += float(r)
-                done = term or trunc
+                done, t = term or trunc, t + 1
                 if render and ep == 0:
-                    print(render_text(env))
+                    print(f"== {task}  episode 1  step {t}  reward {float(r):+.2f}  return {total:.2f}"
+                          + ("  (episode over)" if done else ""))
+                    print(render_text(env, obs, act))
             returns.append(total)
             successes.append(episode_success(info, term, r))
         succ = [s for s in successes if not math.isnan(s)]

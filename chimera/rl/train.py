@@ -268,7 +268,8 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
         sps = T * n * len(cfg.tasks) / (time.time() - t0)
         metrics["charts/SPS"] = sps
         metrics["charts/learning_rate"] = opt.param_groups[0]["lr"]
-        metrics["charts/worker_restarts"] = float(sum(getattr(v, "restarts", 0) for v in venvs.values()))
+        if any(hasattr(v, "restarts") for v in venvs.values()):  # only backends that can restart a worker
+            metrics["charts/worker_restarts"] = float(sum(getattr(v, "restarts", 0) for v in venvs.values()))
         for task in cfg.tasks:
             if recent[task]["return"]:
                 metrics[f"charts/episodic_return/{task}"] = float(np.mean(recent[task]["return"]))
@@ -280,7 +281,7 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
             run.log(global_step, metrics)
             eta = (iterations - it - 1) * (time.time() - t_start) / max(1, it + 1 - start_it)
             per_task = "  ".join(
-                f"{task.split('/')[-1]} R {metrics.get(f'charts/episodic_return/{task}', float('nan')):.2f}"
+                f"{task.split('/')[-1]} R {_fmt(metrics.get(f'charts/episodic_return/{task}'))}"
                 + (f" S {metrics[f'charts/success/{task}']:.2f}" if f"charts/success/{task}" in metrics else "")
                 for task in cfg.tasks)
             log(f"iter {it + 1:>5}/{iterations}  step {global_step:>8}  {sps:,.0f} sps  {per_task}  "
@@ -300,6 +301,11 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
     return run
 
 
+def _fmt(value: float | None) -> str:
+    """A mean that may not exist yet (no episode ended): '-', as the tables write a missing success."""
+    return "-" if value is None else f"{value:.2f}"
+
+
 def learning_table(metrics_path: Path, tasks: tuple[str, ...]) -> str:
     """Per environment: the first and the last logged mean return and success (over the last 100 episodes)."""
     rows = read_metrics(metrics_path)
@@ -311,7 +317,7 @@ def learning_table(metrics_path: Path, tasks: tuple[str, ...]) -> str:
             continue
         ret = f"{got[0][f'charts/episodic_return/{t}']:.2f} -> {got[-1][f'charts/episodic_return/{t}']:.2f}"
         key = f"charts/success/{t}"
-        succ = f"{got[0][key]:.2f} -> {got[-1][key]:.2f}" if key in got[0] and key in got[-1] else "n/a"
+        succ = f"{got[0][key]:.2f} -> {got[-1][key]:.2f}" if key in got[0] and key in got[-1] else "-"
         lines.append(f"{t:<28} {ret:>26} {succ:>24}")
     return "\n".join(lines)
 

@@ -47,6 +47,12 @@ class DataConfig:
     """sft: loss on the assistant turn only; pretrain: packed sequences, loss on every token."""
     thinking: bool = True
     """Train with the reasoning trace inside <think>...</think> before the answer."""
+    thinking_off: float = 0.0
+    """Fraction of examples with thinking off (an empty think segment, then the answer), as Nemotron's
+    reasoning-off data: the model then answers `chimera generate --no-thinking` too."""
+    thinking_cut: float = 0.0
+    """Fraction of examples whose trace is cut at a random point and closed with </think> before the answer
+    (budget-control data: the model learns to answer when a thinking budget closes the trace early)."""
     seq_len: int = 96
     batch_size: int = 32
     grad_accum: int = 1
@@ -123,22 +129,27 @@ def lr_lambda(cfg: TrainLMConfig):
 @torch.no_grad()
 def evaluate(model: HybridLM, batcher: TaskBatcher, n: int, max_new_tokens: int = 80,
              objective: Objective | None = None) -> dict[str, float]:
-    """Held-out accuracy per task by greedy generation, the held-out loss (and the objective's)."""
+    """Held-out accuracy per task by greedy generation (``eval/accuracy/<task>``; also with thinking off,
+    ``eval/accuracy_no_thinking/<task>``, when the data mixes thinking-off examples in), the held-out loss
+    (and the objective's)."""
     was_training = model.training
     model.eval()
     tok = batcher.tok
     items = batcher.held_out(n)
-    prompts = [prompt_tokens(tok, ex.prompt, batcher.thinking) for _, ex in items]
-    outs = generate(model, prompts, SamplingConfig(max_new_tokens=max_new_tokens, stop_tokens=(tok.eos_id,)))
-    correct: dict[str, list[bool]] = {}
-    for (name, ex), out in zip(items, outs):
-        task = next(t for t in batcher.tasks if t.name == name)
-        correct.setdefault(name, []).append(task.verify(ex.prompt, parse_answer(tok.decode(out))))
+    modes = {"accuracy": batcher.thinking} | ({"accuracy_no_thinking": False} if batcher.thinking_off else {})
+    metrics = {}
+    for label, thinking in modes.items():
+        prompts = [prompt_tokens(tok, ex.prompt, thinking) for _, ex in items]
+        outs = generate(model, prompts, SamplingConfig(max_new_tokens=max_new_tokens, stop_tokens=(tok.eos_id,)))
+        correct: dict[str, list[bool]] = {}
+        for (name, ex), out in zip(items, outs):
+            task = next(t for t in batcher.tasks if t.name == name)
+            correct.setdefault(name, []).append(task.verify(ex.prompt, parse_answer(tok.decode(out))))
+        metrics |= {f"eval/{label}/{k}": sum(v) / len(v) for k, v in correct.items()}
     x, y = batcher.batch(step=-1)  # a fixed batch from its own stream for the eval loss
     out = model(x)
     loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
     model.train(was_training)
-    metrics = {f"eval/accuracy/{k}": sum(v) / len(v) for k, v in correct.items()}
     metrics["eval/loss"] = loss.item()
     if objective is not None:
         metrics[f"eval/{objective.name}"] = objective(x, y, out).item()
@@ -160,7 +171,7 @@ def train(cfg: TrainLMConfig, resume: str | None = None, log=print, objective: O
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     batcher = TaskBatcher(cfg.data.tasks, cfg.data.seq_len, cfg.data.batch_size, cfg.run.seed,
-                          cfg.data.mode, cfg.data.thinking)
+                          cfg.data.mode, cfg.data.thinking, cfg.data.thinking_off, cfg.data.thinking_cut)
     run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
     start = 0
     if ckpt is not None:
