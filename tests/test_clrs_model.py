@@ -135,9 +135,10 @@ def test_train_clrs_runs_checkpoints_and_resumes(tmp_path):
     assert (run.path / "results.json").exists()
     import dataclasses
 
-    more = dataclasses.replace(cfg, steps=6)
+    more = dataclasses.replace(cfg, steps=6, run=dataclasses.replace(cfg.run, plots=True))
     logs = []
     train_clrs(more, resume=str(run.path), log=logs.append)
     assert any("resumed" in line and "step 4" in line for line in logs)
+    assert {p.name for p in (run.path / "plots").glob("*.png")} >= {"train.png", "val.png"}
     with pytest.raises(ValueError, match="unknown CLRS algorithm"):
         train_clrs(dataclasses.replace(cfg, algorithms=("sorting",)), log=lambda *_: None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from chimera.clrs.model import (
 from chimera.clrs.samplers import TRAIN_SIZES, Batch, Sampler, unknown_algorithm
 from chimera.clrs.specs import SPECS, Type
 from chimera.config import to_dict
-from chimera.runs import Run, RunSettings, rng_state, seed_everything, set_rng_state
+from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 
 MATCHERS = ("naive_string_matcher", "kmp_matcher")
 
@@ -51,8 +52,8 @@ class TrainCLRSConfig:
 
     algorithms: tuple[str, ...] = ("insertion_sort",)
     """Official CLRS-30 names (chimera clrs list)."""
-    processor: str = "triplet_gmpnn"
-    """mpnn, pgn or triplet_gmpnn."""
+    processor: Literal["mpnn", "pgn", "triplet_gmpnn"] = "triplet_gmpnn"
+    """The processor network shared by every algorithm."""
     hidden: int = 128
     """Width of the node, edge and graph features."""
     steps: int = 10_000
@@ -75,8 +76,6 @@ class TrainCLRSConfig:
         if unknown:
             raise ValueError(unknown_algorithm(unknown[0]) if len(unknown) == 1 else
                              f"unknown CLRS algorithm(s) {unknown}; `chimera clrs list` prints the 30 names")
-        if self.processor not in ("mpnn", "pgn", "triplet_gmpnn"):
-            raise ValueError(f"processor {self.processor!r}: choose mpnn, pgn or triplet_gmpnn")
 
 
 class Learner(nn.Module):
@@ -199,5 +198,8 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
     log(f"\n{'algorithm':<32}{'val (n=16)':>12}{'test (n=' + str(cfg.test_size) + ')':>14}")
     for a, r in results.items():
         log(f"{a:<32}{r['val']:>12.3f}{r['test']:>14.3f}")
+    if cfg.run.plots:
+        plots = plot_metrics(run.metrics_path, run.path / "plots")
+        log(f"plots: {', '.join(str(p) for p in plots)}")
     run.close()
     return run, results

@@ -209,8 +209,9 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
         log(f"no loadable checkpoint in {run.path}; starting from iteration 0")
     if resume:
         run.truncate_metrics(global_step)
-    log(f"run {run.path}: {cfg.ppo.algo} on {', '.join(cfg.tasks)} ({n} envs each), core {cfg.agent.core} "
-        f"{cfg.agent.pattern if cfg.agent.core == 'hybrid' else ''}, {iterations} iterations")
+    core = cfg.agent.core + (f" {cfg.agent.pattern}" if cfg.agent.core == "hybrid" else "")
+    log(f"run {run.path}: {cfg.ppo.algo} on {', '.join(cfg.tasks)} ({n} envs each), core {core}, "
+        f"{iterations} iterations")
     state = {t: agent.initial_state(n) for t in cfg.tasks}
     starts = {t: torch.ones(n, dtype=torch.bool) for t in cfg.tasks}
     recent: dict[str, dict[str, list[float]]] = {t: {"return": [], "length": [], "success": []} for t in cfg.tasks}

@@ -187,7 +187,7 @@ def train(cfg: TrainLMConfig, resume: str | None = None, log=print, objective: O
         run.truncate_metrics(start)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"run {run.path}: model {cfg.model} ({n_params / 1e6:.2f}M params, pattern {model.config.pattern}), "
-        f"{cfg.steps} steps")
+        f"{cfg.steps} steps, {cfg.dtype}" + (f" with {cfg.precision} GEMMs" if cfg.precision != "none" else ""))
 
     def checkpoint(step: int) -> None:
         run.checkpoints.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict(),
