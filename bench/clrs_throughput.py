@@ -173,9 +173,10 @@ def processor_step(mod, proc: str, hidden: int, batch: int, n: int, rounds: int,
     node, hid = torch.randn(batch, n, hidden), torch.randn(batch, n, hidden)
     edge, graph = torch.randn(batch, n, n, hidden), torch.randn(batch, hidden)
     adj = (torch.rand(batch, n, n) < 0.5).float()
+    edges = mod.Edges.dense(edge) if hasattr(mod, "Edges") else edge  # the fused processor takes them factored
 
     def go():
-        out, tri = p(node, edge, graph, adj, hid)
+        out, tri = p(node, edges, graph, adj, hid)
         (out.sum() + (tri.sum() if tri is not None else 0)).backward()
 
     flops = _flops(go)

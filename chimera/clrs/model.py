@@ -120,6 +120,12 @@ def fused(layers: list[nn.Linear], x: torch.Tensor) -> list[torch.Tensor]:
     return list(y.split([m.out_features for m in layers], -1))
 
 
+def fused_edges(layers: list[nn.Linear], edges: Edges) -> list[torch.Tensor]:
+    """``fused`` for layers that read the (factored) edge features."""
+    y = edges.project(torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
+    return list(y.split([m.out_features for m in layers], -1))
+
+
 @dataclass
 class Edges:
     """Encoded edge features in factored form: ``x @ w.T + b`` (B, n, n, h) with x the raw edge inputs
@@ -139,7 +145,7 @@ class Edges:
     def project(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``F.linear(edge features, weight, bias)``: weight (o, h) -> (B, n, n, o)."""
         const = weight @ self.b if bias is None else torch.addmv(bias, weight, self.b)
-        return torch.matmul(self.x, (weight @ self.w).T) + const
+        return F.linear(self.x, weight @ self.w, const)
 
 
 class Processor(nn.Module):
@@ -149,7 +155,8 @@ class Processor(nn.Module):
             raise ValueError(f"unknown processor {kind!r}; choose one of {', '.join(PROCESSORS)}")
         self.kind, self.h = kind, h
         self.m1, self.m2, self.me, self.mg = nn.Linear(2 * h, h), nn.Linear(2 * h, h), nn.Linear(h, h), nn.Linear(h, h)
-        self.msg_mlp = nn.Sequential(nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
+        # (in-place ReLUs: their inputs are fresh tensors nothing else reads)
+        self.msg_mlp = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True), nn.Linear(h, h))
         self.o1, self.o2 = nn.Linear(2 * h, h), nn.Linear(h, h)
         self.ln = nn.LayerNorm(h) if layer_norm else nn.Identity()
         self.gated = self.triplets = kind == "triplet_gmpnn"
@@ -175,20 +182,18 @@ class Processor(nn.Module):
             on_e += [self.te1, self.te2, self.te3]
             on_g.append(self.tg)
         zs = fused(on_z, z)  # each (B, n, .)
-        es = edges.project(torch.cat([m.weight for m in on_e]), torch.cat([m.bias for m in on_e]))
-        es = es.split([m.out_features for m in on_e], -1)  # each (B, n, n, .)
         gs = fused(on_g, graph)  # each (B, .)
         m1, m2, o1 = zs[:3]
         tri = None
         if self.triplets:  # ts[b, i, j, k], max over i -> edge messages (B, j, k); the terms without i after the max
             t1, t2, t3 = zs[-3:]
-            te1, te2, te3 = es[1:]
+            te1, te2, te3 = fused_edges(on_e[1:], edges)  # each (B, n, n, t)
             with_i = (t1[:, :, None] + te1)[:, :, :, None] + te2[:, :, None]  # (B, i, j, k, t)
             rest = t2[:, :, None] + t3[:, None] + te3 + gs[1][:, None, None]  # (B, j, k, t)
             tri = F.relu(self.o3(with_i.max(1).values + rest))  # (B, j, k, h)
-        # msgs[b, i, j]: from sender i to receiver j
-        msgs = es[0] + (m1 + gs[0][:, None])[:, None] + m2[:, :, None]  # (B, i, j, h)
-        msgs = self.msg_mlp(msgs)
+        # msgs[b, i, j]: from sender i to receiver j; added in place into the fresh (B, n, n, h) projection
+        msgs = edges.project(self.me.weight, self.me.bias).add_((m1 + gs[0][:, None])[:, None]).add_(m2[:, :, None])
+        msgs = self.msg_mlp(msgs)  # (B, i, j, h)
         if self.masked:
             msgs = msgs.masked_fill(adj[..., None] < 0.5, -1e9)
         msgs = msgs.max(1).values  # (B, j, h)
@@ -322,9 +327,9 @@ class EncodeProcessDecode(nn.Module):
         c: dict[str, torch.Tensor] = {}
         if readers:
             w = torch.cat([m.weight for _, m in readers])  # (sum of widths, e)
-            y = edges.project(w[:, :h], torch.cat([m.bias for _, m in readers]))
-            if tri is not None:
-                y = y + F.linear(tri, w[:, h:])
+            y = edges.project(w[:, :h], torch.cat([m.bias for _, m in readers]))  # (B, n, n, sum of widths)
+            if tri is not None:  # in place into the fresh projection
+                y = y.view(-1, y.shape[-1]).addmm_(tri.reshape(-1, h), w[:, h:].T).view(y.shape)
             c = dict(zip([name for name, _ in readers], y.split([m.out_features for _, m in readers], -1),
                          strict=True))
         return {name: dec.logits(p[name], c.get(name), h_t, graph) for name, dec in self.decoders.items()}
