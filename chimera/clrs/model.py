@@ -105,13 +105,47 @@ def categories(algorithm: str, batch: Batch) -> dict[str, int]:
 # ---- encoders, processor, decoders -------------------------------------------------------------------------------
 def log_sinkhorn(x: torch.Tensor, steps: int, temperature: float, noise: bool) -> torch.Tensor:
     if noise:
-        u = torch.rand_like(x)
+        u = torch.rand(x.shape, dtype=x.dtype)  # in index order, whatever x's memory layout
         x = x - torch.log(-torch.log(u + 1e-12) + 1e-12)
     x = x / temperature - 1e6 * torch.eye(x.shape[-1])
     for _ in range(steps):
         x = torch.log_softmax(x, -1)
         x = torch.log_softmax(x, -2)
     return x
+
+
+def fused(layers: list[nn.Linear], x: torch.Tensor) -> list[torch.Tensor]:
+    """Several linear layers on one input as one matmul (their weights stacked): the same outputs, in order."""
+    y = F.linear(x, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
+    return list(y.split([m.out_features for m in layers], -1))
+
+
+def fused_edges(layers: list[nn.Linear], edges: Edges) -> list[torch.Tensor]:
+    """``fused`` for layers that read the (factored) edge features."""
+    y = edges.project(torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
+    return list(y.split([m.out_features for m in layers], -1))
+
+
+@dataclass
+class Edges:
+    """Encoded edge features in factored form: ``x @ w.T + b`` (B, n, n, h) with x the raw edge inputs
+    (B, n, n, F), F small. Every reader of the edge features is linear, so a reader W gets
+    ``x @ (W w).T + W b`` directly and the (B, n, n, h) tensor is never built."""
+
+    x: torch.Tensor  # (B, n, n, F)
+    w: torch.Tensor  # (h, F)
+    b: torch.Tensor  # (h,)
+
+    @classmethod
+    def dense(cls, edge: torch.Tensor) -> Edges:
+        """Given edge features (B, n, n, h) (tests, benchmarks)."""
+        h = edge.shape[-1]
+        return cls(edge, torch.eye(h), torch.zeros(h))
+
+    def project(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``F.linear(edge features, weight, bias)``: weight (o, h) -> (B, n, n, o)."""
+        const = weight @ self.b if bias is None else torch.addmv(bias, weight, self.b)
+        return F.linear(self.x, weight @ self.w, const)
 
 
 class Processor(nn.Module):
@@ -121,10 +155,12 @@ class Processor(nn.Module):
             raise ValueError(f"unknown processor {kind!r}; choose one of {', '.join(PROCESSORS)}")
         self.kind, self.h = kind, h
         self.m1, self.m2, self.me, self.mg = nn.Linear(2 * h, h), nn.Linear(2 * h, h), nn.Linear(h, h), nn.Linear(h, h)
-        self.msg_mlp = nn.Sequential(nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
+        # (in-place ReLUs: their inputs are fresh tensors nothing else reads)
+        self.msg_mlp = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(h, h), nn.ReLU(inplace=True), nn.Linear(h, h))
         self.o1, self.o2 = nn.Linear(2 * h, h), nn.Linear(h, h)
         self.ln = nn.LayerNorm(h) if layer_norm else nn.Identity()
         self.gated = self.triplets = kind == "triplet_gmpnn"
+        self.masked = kind == "pgn"  # mpnn and triplet_gmpnn take messages from every node
         if self.gated:
             self.g1, self.g2, self.g3 = nn.Linear(2 * h, h), nn.Linear(h, h), nn.Linear(h, h)
             nn.init.constant_(self.g3.bias, -3.0)  # gates start mostly closed: keep the previous state
@@ -134,67 +170,96 @@ class Processor(nn.Module):
             self.te1, self.te2, self.te3 = nn.Linear(h, t), nn.Linear(h, t), nn.Linear(h, t)
             self.tg, self.o3 = nn.Linear(h, t), nn.Linear(t, h)
 
-    def forward(self, node, edge, graph, adj, hidden):
-        z = torch.cat([node, hidden], -1)
-        tri = None
-        if self.triplets:  # (B, i, j, k): max over i -> edge messages (B, j, k)
-            ts = (self.t1(z)[:, :, None, None] + self.t2(z)[:, None, :, None] + self.t3(z)[:, None, None, :]
-                  + self.te1(edge)[:, :, :, None] + self.te2(edge)[:, :, None, :] + self.te3(edge)[:, None, :, :]
-                  + self.tg(graph)[:, None, None, None])
-            tri = F.relu(self.o3(ts.amax(1)))
-        # msgs[b, i, j]: from sender i to receiver j
-        msgs = self.m1(z)[:, None] + self.m2(z)[:, :, None] + self.me(edge) + self.mg(graph)[:, None, None]
-        msgs = self.msg_mlp(msgs)
-        if self.kind != "pgn":
-            adj = torch.ones_like(adj)
-        msgs = msgs.masked_fill(adj[..., None] < 0.5, -1e9).amax(1)
-        out = self.ln(F.relu(self.o1(z) + self.o2(msgs)))
+    def forward(self, node, edges: Edges, graph, adj, hidden):
+        """(B, n, h) node features, edge features, (B, h) graph features, (B, n, n) adjacency, (B, n, h) state
+        -> new state (B, n, h) and, for triplet_gmpnn, triplet edge messages (B, n, n, h)."""
+        z = torch.cat([node, hidden], -1)  # (B, n, 2h)
+        on_z, on_e, on_g = [self.m1, self.m2, self.o1], [self.me], [self.mg]
         if self.gated:
-            gate = torch.sigmoid(self.g3(F.relu(self.g1(z) + self.g2(msgs))))
+            on_z.append(self.g1)
+        if self.triplets:
+            on_z += [self.t1, self.t2, self.t3]
+            on_e += [self.te1, self.te2, self.te3]
+            on_g.append(self.tg)
+        zs = fused(on_z, z)  # each (B, n, .)
+        gs = fused(on_g, graph)  # each (B, .)
+        m1, m2, o1 = zs[:3]
+        tri = None
+        if self.triplets:  # ts[b, i, j, k], max over i -> edge messages (B, j, k); the terms without i after the max
+            t1, t2, t3 = zs[-3:]
+            te1, te2, te3 = fused_edges(on_e[1:], edges)  # each (B, n, n, t)
+            with_i = (t1[:, :, None] + te1)[:, :, :, None] + te2[:, :, None]  # (B, i, j, k, t)
+            rest = t2[:, :, None] + t3[:, None] + te3 + gs[1][:, None, None]  # (B, j, k, t)
+            tri = F.relu(self.o3(with_i.max(1).values + rest))  # (B, j, k, h)
+        # msgs[b, i, j]: from sender i to receiver j; added in place into the fresh (B, n, n, h) projection
+        msgs = edges.project(self.me.weight, self.me.bias).add_((m1 + gs[0][:, None])[:, None]).add_(m2[:, :, None])
+        msgs = self.msg_mlp(msgs)  # (B, i, j, h)
+        if self.masked:
+            msgs = msgs.masked_fill(adj[..., None] < 0.5, -1e9)
+        msgs = msgs.max(1).values  # (B, j, h)
+        on_msgs = [self.o2, self.g2] if self.gated else [self.o2]
+        ms = fused(on_msgs, msgs)
+        out = self.ln(F.relu(o1 + ms[0]))
+        if self.gated:
+            gate = torch.sigmoid(self.g3(F.relu(zs[3] + ms[1])))
             out = out * gate + hidden * (1 - gate)
         return out, tri
 
 
 class Decoder(nn.Module):
-    """Logits for one feature from h_t = [node features, old state, new state] (3h) and edge features."""
+    """Logits for one feature from h_t = [node features, old state, new state] (3h) and edge features
+    e_t = [edge features, triplet messages] (e). The layers named in ``on_h`` read h_t and ``c`` reads e_t;
+    the model runs each of these for every decoder at once (``EncodeProcessDecode.decode``)."""
 
     def __init__(self, loc: str, t: str, h: int, e: int, k: int):
         super().__init__()
         self.loc, self.t = loc, t
         out = k if t == Type.CATEGORICAL else 1
+        self.on_h: tuple[str, ...] = ()
         if loc == Location.NODE:
             if t in (Type.POINTER, Type.PERMUTATION_POINTER):
                 self.a, self.b = nn.Linear(3 * h, h), nn.Linear(3 * h, h)
                 self.c, self.d = nn.Linear(e, h), nn.Linear(h, 1)
+                self.on_h = ("a", "b")
             else:
                 self.a = nn.Linear(3 * h, out)
+                self.on_h = ("a",)
         elif loc == Location.EDGE:
             width = h if t == Type.POINTER else out
             self.a, self.b, self.c = nn.Linear(3 * h, width), nn.Linear(3 * h, width), nn.Linear(e, width)
+            self.on_h = ("a", "b")
             if t == Type.POINTER:
                 self.d, self.f = nn.Linear(3 * h, h), nn.Linear(h, 1)
+                self.on_h = ("a", "b", "d")
         else:
             self.a, self.b = nn.Linear(3 * h, out), nn.Linear(h, out)
             if t == Type.POINTER:
                 self.c = nn.Linear(3 * h, 1)
+                self.on_h = ("c",)
+        self.reads_edges = loc == Location.EDGE or (loc == Location.NODE and t in (Type.POINTER,
+                                                                                  Type.PERMUTATION_POINTER))
 
-    def forward(self, h_t, edge, graph):
+    def logits(self, p: dict[str, torch.Tensor], c: torch.Tensor | None, h_t, graph) -> torch.Tensor:
+        """p: this decoder's ``on_h`` layers applied to h_t (B, n, .); c: its ``c`` applied to e_t (B, n, n, .)."""
         t = self.t
         if self.loc == Location.NODE:
-            if t in (Type.POINTER, Type.PERMUTATION_POINTER):  # logits[b, i, j]: node i points to j
-                p_e = self.b(h_t)[:, :, None] + self.c(edge)
-                return self.d(torch.maximum(self.a(h_t)[:, :, None], p_e.transpose(1, 2))).squeeze(-1)
-            y = self.a(h_t)
+            if t in (Type.POINTER, Type.PERMUTATION_POINTER):  # logits[b, i, j] = d(max(a_i, b_j + c_ji))
+                q = torch.maximum(p["b"][:, :, None] + c, p["a"][:, None])  # q[b, j, i]
+                return self.d(q).squeeze(-1).transpose(1, 2)
+            y = p["a"]
             return y if t == Type.CATEGORICAL else y.squeeze(-1)
         if self.loc == Location.EDGE:
-            y = self.a(h_t)[:, :, None] + self.b(h_t)[:, None, :] + self.c(edge)
+            y = p["a"][:, :, None] + p["b"][:, None, :] + c
             if t == Type.POINTER:  # logits[b, i, j, k]
-                return self.f(torch.maximum(y[:, :, :, None], self.d(h_t)[:, None, None])).squeeze(-1)
+                return self.f(torch.maximum(y[:, :, :, None], p["d"][:, None, None])).squeeze(-1)
             return y if t == Type.CATEGORICAL else y.squeeze(-1)
         y = self.a(h_t.amax(1)) + self.b(graph)
         if t == Type.POINTER:
-            return (y[:, None] + self.c(h_t)).squeeze(-1)
+            return (y[:, None] + p["c"]).squeeze(-1)
         return y if t == Type.CATEGORICAL else y.squeeze(-1)
+
+
+POINTERS = (Type.POINTER, Type.SOFT_POINTER, Type.PERMUTATION_POINTER)
 
 
 class EncodeProcessDecode(nn.Module):
@@ -217,28 +282,57 @@ class EncodeProcessDecode(nn.Module):
                                        for name, (_, loc, t) in self.dspec.items()})
 
     # -- encoding --
-    def encode(self, feats: dict[str, Feature], node, edge, graph, adj):
+    def encode(self, feats: dict[str, Feature], B: int, n: int):
+        """Every feature's encoder at once per location: the raw values side by side times the encoders'
+        weights side by side (a sum of linear layers is one linear layer on the concatenation)."""
+        h = self.cfg.hidden
+        parts = {Location.NODE: [], Location.EDGE: [], Location.GRAPH: []}  # (raw columns, encoder)
+        adj = [torch.eye(n).expand(B, n, n)]
         for name, f in feats.items():
             enc, x = self.encoders[name], f.data
-            if f.type_ in (Type.POINTER, Type.SOFT_POINTER, Type.PERMUTATION_POINTER):
-                if f.location == Location.NODE:
-                    edge = edge + enc(x[..., None])
-                    adj = torch.maximum(adj, ((x + x.transpose(1, 2)) > 0.5).float())
+            if f.type_ in POINTERS:
+                if f.location == Location.NODE:  # a node pointer is an edge feature and extends the adjacency
+                    parts[Location.EDGE].append((x[..., None], enc))
+                    adj.append(x + x.transpose(1, 2) > 0.5)
                 elif f.location == Location.EDGE:  # (B, i, j, k) one-hot; affine encoders commute with the mean
-                    edge = edge + enc(x.mean(1)[..., None]) + self.encoders[name + "@2"](x.mean(2)[..., None])
+                    parts[Location.EDGE] += [(x.mean(1)[..., None], enc),
+                                             (x.mean(2)[..., None], self.encoders[name + "@2"])]
                 else:
-                    node = node + enc(x[..., None])
+                    parts[Location.NODE].append((x[..., None], enc))
                 continue
-            e = enc(x) if f.type_ == Type.CATEGORICAL else enc(x[..., None])
-            if f.location == Location.NODE:
-                node = node + e
-            elif f.location == Location.EDGE:
-                edge = edge + e
-                if f.type_ == Type.MASK:
-                    adj = torch.maximum(adj, ((x + x.transpose(1, 2)) > 0).float())
-            else:
-                graph = graph + e
-        return node, edge, graph, adj
+            parts[f.location].append((x if f.type_ == Type.CATEGORICAL else x[..., None], enc))
+            if f.location == Location.EDGE and f.type_ == Type.MASK:
+                adj.append(x + x.transpose(1, 2) > 0)
+        shapes = {Location.NODE: (B, n), Location.EDGE: (B, n, n), Location.GRAPH: (B,)}
+        xs, ws, bs = {}, {}, {}
+        for loc, ps in parts.items():
+            xs[loc] = torch.cat([x for x, _ in ps], -1) if ps else torch.zeros(*shapes[loc], 0)
+            ws[loc] = torch.cat([m.weight for _, m in ps], 1) if ps else torch.zeros(h, 0)
+            bs[loc] = torch.stack([m.bias for _, m in ps]).sum(0) if ps else torch.zeros(h)
+        node = F.linear(xs[Location.NODE], ws[Location.NODE], bs[Location.NODE])  # (B, n, h)
+        graph = F.linear(xs[Location.GRAPH], ws[Location.GRAPH], bs[Location.GRAPH])  # (B, h)
+        edges = Edges(xs[Location.EDGE], ws[Location.EDGE], bs[Location.EDGE])  # (B, n, n, h), factored
+        adj = torch.stack([a.float() for a in adj]).amax(0) if self.processor.masked else None
+        return node, edges, graph, adj
+
+    def decode(self, h_t: torch.Tensor, edges: Edges, tri: torch.Tensor | None, graph) -> dict[str, torch.Tensor]:
+        """Every decoder's layers on h_t as one matmul, and every edge reader ``c`` as one projection."""
+        h = self.cfg.hidden
+        on_h = [(name, part, getattr(dec, part)) for name, dec in self.decoders.items() for part in dec.on_h]
+        p: dict[str, dict[str, torch.Tensor]] = {name: {} for name in self.decoders}
+        if on_h:
+            for (name, part, _), y in zip(on_h, fused([m for *_, m in on_h], h_t), strict=True):
+                p[name][part] = y
+        readers = [(name, dec.c) for name, dec in self.decoders.items() if dec.reads_edges]
+        c: dict[str, torch.Tensor] = {}
+        if readers:
+            w = torch.cat([m.weight for _, m in readers])  # (sum of widths, e)
+            y = edges.project(w[:, :h], torch.cat([m.bias for _, m in readers]))  # (B, n, n, sum of widths)
+            if tri is not None:  # in place into the fresh projection
+                y = y.view(-1, y.shape[-1]).addmm_(tri.reshape(-1, h), w[:, h:].T).view(y.shape)
+            c = dict(zip([name for name, _ in readers], y.split([m.out_features for _, m in readers], -1),
+                         strict=True))
+        return {name: dec.logits(p[name], c.get(name), h_t, graph) for name, dec in self.decoders.items()}
 
     def soft(self, name: str, logits: torch.Tensor) -> Feature:
         """A decoded hint turned back into an encodable feature (no teacher forcing)."""
@@ -259,13 +353,10 @@ class EncodeProcessDecode(nn.Module):
         hidden = torch.zeros(B, n, h)
         hints, outputs, hint_preds = first_hints, None, []
         for i in range(steps):
-            node, edge, graph = torch.zeros(B, n, h), torch.zeros(B, n, n, h), torch.zeros(B, h)
-            adj = torch.eye(n).expand(B, n, n)
-            node, edge, graph, adj = self.encode({**inputs, **hints}, node, edge, graph, adj)
-            new, tri = self.processor(node, edge, graph, adj, hidden)
-            h_t = torch.cat([node, hidden, new], -1)
-            e_t = edge if tri is None else torch.cat([edge, tri], -1)
-            preds = {name: dec(h_t, e_t, graph) for name, dec in self.decoders.items()}
+            node, edges, graph, adj = self.encode({**inputs, **hints}, B, n)
+            new, tri = self.processor(node, edges, graph, adj, hidden)
+            h_t = torch.cat([node, hidden, new], -1)  # (B, n, 3h)
+            preds = self.decode(h_t, edges, tri, graph)
             for name, (_, _, t) in self.dspec.items():
                 if t == Type.PERMUTATION_POINTER:
                     preds[name] = log_sinkhorn(preds[name], self.cfg.sinkhorn_steps, self.cfg.sinkhorn_temperature,
