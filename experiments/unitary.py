@@ -59,8 +59,9 @@ def run_multidigit(a) -> dict:
                 runs.append({"method": method, "reg": reg, "seed": seed, "test": r["test"], "epoch": r["epoch"],
                              "seconds_per_step": r["seconds_per_step"], "peak_bytes": r["peak_bytes"]})
                 print(f"[multidigit {n}/{total}] {method:<9} {reg:<11} seed {seed}: test left {r['test']['left']:.4f} "
-                      f"right {r['test']['right']:.4f} (epoch {r['epoch'] + 1})  {r['seconds_per_step'] * 1e3:.1f} ms/step"
-                      f"  {r['peak_bytes'] / 2**20:.2f} MiB  [{time.time() - t:.0f} s, "
+                      f"right {r['test']['right']:.4f} (epoch {r['epoch'] + 1})  "
+                      f"{r['seconds_per_step'] * 1e3:.1f} ms/step  {r['peak_bytes'] / 2**20:.2f} MiB  "
+                      f"[{time.time() - t:.0f} s, "
                       f"{(time.time() - t_start) / n * (total - n) / 60:.1f} min left]", flush=True)
     return {"metric": "accuracy", "tasks": ["left", "right"], "epochs": a.epochs, "seeds": a.seeds,
             "train_size": len(data["train"]), "val_size": len(data["val"]), "test_size": len(data["test"]),
@@ -84,9 +85,9 @@ def run_clrs(a) -> dict:
                         val_samples=32, test_samples=a.clrs_test_samples, aggregator=method, **opts,
                         run=CLRSRunConfig(name=f"unitary-{method}-{reg}-s{seed}", seed=seed, out_dir=tmp,
                                           log_every=a.clrs_steps, ckpt_every=a.clrs_steps, plots=False, threads=1))
-                    _, res = train_clrs(cfg, log=lambda *_: None)
+                    run, res = train_clrs(cfg, log=lambda *_: None)
                     n += 1
-                    cost = res.pop("cost")
+                    cost = json.loads((run.path / "results.json").read_text())["cost"]
                     runs.append({"method": method, "reg": reg, "seed": seed,
                                  "test": {k: v["test"] for k, v in res.items()}, **cost})
                     scores = "  ".join(f"{k} {v['test']:.3f}" for k, v in res.items())
@@ -170,7 +171,8 @@ def report(results: dict) -> None:
             s = summ[key]
             cells = " | ".join(f"{m:.4f} +- {sd:.4f}" for m, sd in s["tasks"].values())
             lines.append(f"| {s['method']} | {s['reg']} | {cells} | **{s['average'][0]:.4f}** +- {s['average'][1]:.4f}"
-                         f" | {s['seconds_per_step'] * 1e3:.1f} ms | {s['time_vs_sum']:.2f}x | {s['memory_vs_sum']:.2f}x |")
+                         f" | {s['seconds_per_step'] * 1e3:.1f} ms | {s['time_vs_sum']:.2f}x "
+                         f"| {s['memory_vs_sum']:.2f}x |")
         if v:
             word = "holds" if v["holds"] else "does not hold"
             lines += ["", f"**The claim {word} on {name}.** Regularised unitary scalarization averages "

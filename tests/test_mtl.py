@@ -205,3 +205,32 @@ def test_early_stopping_reports_the_best_validation_epoch(small_data):
 def test_mtl_config_names_a_bad_method(small_data):
     with pytest.raises(ValueError, match=r"'pcgard'.*pcgrad"):
         train_multidigit(MTLConfig(method="pcgard"), small_data)
+
+
+# ---- the CLRS generalist through the same interface -------------------------------------------------
+def _clrs_cfg(tmp_path, **kw):
+    from chimera.clrs.train import CLRSRunConfig, TrainCLRSConfig
+
+    return TrainCLRSConfig(algorithms=("minimum", "bfs"), processor="mpnn", hidden=8, steps=4, batch_size=2,
+                           eval_every=2, val_samples=4, test_size=8, test_samples=2,
+                           run=CLRSRunConfig(out_dir=str(tmp_path), log_every=2, ckpt_every=4, plots=False), **kw)
+
+
+def test_clrs_generalist_aggregates_its_processor_and_records_the_step_cost(tmp_path):
+    import json
+
+    from chimera.clrs.train import train_clrs
+
+    run, results = train_clrs(_clrs_cfg(tmp_path, aggregator="pcgrad", weight_decay=1e-4, keep_best=False),
+                              log=lambda *_: None)
+    assert set(results) == {"minimum", "bfs"}
+    cost = json.loads((run.path / "results.json").read_text())["cost"]
+    # 4 steps: the third is profiled for memory (StepMeter.memory_steps = (2, 5)), the others timed
+    assert cost["timed_steps"] == 3 and cost["memory_steps"] == 1 and cost["peak_bytes"] > 0
+
+
+def test_clrs_generalist_refuses_mgda_ub(tmp_path):
+    from chimera.clrs.train import train_clrs
+
+    with pytest.raises(ValueError, match=r"aggregator 'mgda_ub'.*own batch"):
+        train_clrs(_clrs_cfg(tmp_path, aggregator="mgda_ub"), log=lambda *_: None)
