@@ -64,8 +64,34 @@ def run_multidigit(a) -> dict:
                       f"[{time.time() - t:.0f} s, "
                       f"{(time.time() - t_start) / n * (total - n) / 60:.1f} min left]", flush=True)
     return {"metric": "accuracy", "tasks": ["left", "right"], "epochs": a.epochs, "seeds": a.seeds,
+            "cost": multidigit_costs(a.cost_rounds),
             "train_size": len(data["train"]), "val_size": len(data["val"]), "test_size": len(data["test"]),
             "regularised": REGULARISED["multidigit"], "runs": runs}
+
+
+def multidigit_costs(rounds: int) -> dict:
+    """Seconds and peak bytes per step of every method, measured round-robin on the same batches."""
+    import torch
+
+    from chimera.mtl import MultiLeNet, build_multidigit, interleaved_costs, train_step
+
+    data = build_multidigit(seed=0)["train"]
+    batches = torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).split(256)
+
+    def stepper(method):
+        torch.manual_seed(0)
+        model = MultiLeNet(data.images.size(-1), tuple(data.labels))
+        opt, gen, it = torch.optim.Adam(model.parameters(), lr=0.01), torch.Generator().manual_seed(0), [0]
+
+        def step():
+            train_step(model, opt, data, batches[it[0] % len(batches)], method, generator=gen)
+            it[0] += 1
+        return step
+
+    costs = interleaved_costs({m: stepper(m) for m in METHODS}, rounds=rounds)
+    print("[multidigit cost] " + "  ".join(f"{m} {c['seconds_per_step'] * 1e3:.1f} ms {c['peak_bytes'] / 2**20:.2f} MiB"
+                                           for m, c in costs.items()), flush=True)
+    return costs
 
 
 def run_clrs(a) -> dict:
@@ -74,15 +100,16 @@ def run_clrs(a) -> dict:
     runs, n, total = [], 0, len(CLRS_METHODS) * 2 * a.clrs_seeds
     t_start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        for method in CLRS_METHODS:
+        for seed in range(1, a.clrs_seeds + 1):  # methods innermost: machine load drifts alike over all of them
             for reg in ("plain", "regularised"):
                 opts = (REGULARISED if reg == "regularised" else PLAIN)["clrs"]
-                for seed in range(1, a.clrs_seeds + 1):
+                for method in CLRS_METHODS:
                     t = time.time()
                     cfg = TrainCLRSConfig(
                         algorithms=tuple(a.algorithms), processor="triplet_gmpnn", hidden=a.clrs_hidden,
-                        steps=a.clrs_steps, batch_size=a.clrs_batch, eval_every=max(1, a.clrs_steps // 4),
-                        val_samples=32, test_samples=a.clrs_test_samples, aggregator=method, **opts,
+                        steps=a.clrs_steps, batch_size=a.clrs_batch, eval_every=max(1, a.clrs_steps // 3),
+                        val_samples=16, test_size=a.clrs_test_size, test_samples=a.clrs_test_samples,
+                        aggregator=method, **opts,
                         run=CLRSRunConfig(name=f"unitary-{method}-{reg}-s{seed}", seed=seed, out_dir=tmp,
                                           log_every=a.clrs_steps, ckpt_every=a.clrs_steps, plots=False, threads=1))
                     run, res = train_clrs(cfg, log=lambda *_: None)
@@ -95,7 +122,8 @@ def run_clrs(a) -> dict:
                           f"{cost['seconds_per_step'] * 1e3:.0f} ms/step  {cost['peak_bytes'] / 2**20:.1f} MiB  "
                           f"[{time.time() - t:.0f} s, {(time.time() - t_start) / n * (total - n) / 60:.1f} min left]",
                           flush=True)
-    return {"metric": "CLRS score (n = 64)", "tasks": list(a.algorithms), "steps": a.clrs_steps,
+    return {"metric": f"CLRS score (out of distribution, n = {a.clrs_test_size})", "tasks": list(a.algorithms),
+            "steps": a.clrs_steps,
             "hidden": a.clrs_hidden, "batch": a.clrs_batch, "seeds": a.clrs_seeds,
             "regularised": REGULARISED["clrs"], "runs": runs}
 
@@ -110,15 +138,18 @@ def summarise(tb: dict) -> dict:
     for (method, reg), rs in rows.items():
         avg = [float(np.mean([r["test"][t] for t in tb["tasks"]])) for r in rs]
         base = rows.get(("sum", reg), rs)
+        cost = tb.get("cost")  # round-robin measurement, when there is one: fair under varying load
         out[f"{method}/{reg}"] = {
             "method": method, "reg": reg, "n": len(rs),
             "tasks": {t: [float(np.mean([r["test"][t] for r in rs])), float(np.std([r["test"][t] for r in rs]))]
                       for t in tb["tasks"]},
             "average": [float(np.mean(avg)), float(np.std(avg))], "average_per_seed": avg,
-            "seconds_per_step": float(np.mean([r["seconds_per_step"] for r in rs])),
-            "time_vs_sum": float(np.mean([r["seconds_per_step"] for r in rs]) /
-                                 np.mean([r["seconds_per_step"] for r in base])),
-            "memory_vs_sum": float(np.mean([r["peak_bytes"] for r in rs]) / np.mean([r["peak_bytes"] for r in base])),
+            "seconds_per_step": float(cost[method]["seconds_per_step"]) if cost else
+            float(np.mean([r["seconds_per_step"] for r in rs])),
+            "time_vs_sum": float(cost[method]["seconds_per_step"] / cost["sum"]["seconds_per_step"]) if cost else
+            float(np.mean([r["seconds_per_step"] for r in rs]) / np.mean([r["seconds_per_step"] for r in base])),
+            "memory_vs_sum": float(cost[method]["peak_bytes"] / cost["sum"]["peak_bytes"]) if cost else
+            float(np.mean([r["peak_bytes"] for r in rs]) / np.mean([r["peak_bytes"] for r in base])),
         }
     return out
 
@@ -236,22 +267,26 @@ def _plot(results: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--testbed", choices=["multidigit", "clrs", "all"], default="all")
+    ap.add_argument("--testbed", choices=["multidigit", "multidigit-cost", "clrs", "all"], default="all")
+    ap.add_argument("--cost-rounds", type=int, default=200, help="round-robin steps per method for the cost table")
     ap.add_argument("--report", action="store_true", help="only rewrite the md / png from results/unitary.json")
     ap.add_argument("--seeds", type=int, default=5, help="Multi-digit seeds")
     ap.add_argument("--epochs", type=int, default=50, help="Multi-digit epochs")
-    ap.add_argument("--algorithms", nargs="+", default=["insertion_sort", "bfs"], help="CLRS tasks")
+    ap.add_argument("--algorithms", nargs="+", default=["minimum", "bfs"], help="CLRS tasks")
     ap.add_argument("--clrs-seeds", type=int, default=3)
-    ap.add_argument("--clrs-steps", type=int, default=120)
-    ap.add_argument("--clrs-hidden", type=int, default=32)
-    ap.add_argument("--clrs-batch", type=int, default=16)
-    ap.add_argument("--clrs-test-samples", type=int, default=32)
+    ap.add_argument("--clrs-steps", type=int, default=150)
+    ap.add_argument("--clrs-hidden", type=int, default=16)
+    ap.add_argument("--clrs-batch", type=int, default=8)
+    ap.add_argument("--clrs-test-size", type=int, default=32, help="CLRS test problem size (benchmark: 64)")
+    ap.add_argument("--clrs-test-samples", type=int, default=16)
     a = ap.parse_args()
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     if not a.report:
         if a.testbed in ("multidigit", "all"):
             results["multidigit"] = run_multidigit(a)
             report(results)
+        if a.testbed == "multidigit-cost":
+            results["multidigit"]["cost"] = multidigit_costs(a.cost_rounds)
         if a.testbed in ("clrs", "all"):
             results["clrs"] = run_clrs(a)
     report(results)

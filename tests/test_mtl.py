@@ -234,3 +234,12 @@ def test_clrs_generalist_refuses_mgda_ub(tmp_path):
 
     with pytest.raises(ValueError, match=r"aggregator 'mgda_ub'.*own batch"):
         train_clrs(_clrs_cfg(tmp_path, aggregator="mgda_ub"), log=lambda *_: None)
+
+
+def test_interleaved_costs_time_and_profile_every_method():
+    from chimera.mtl import interleaved_costs
+
+    costs = interleaved_costs({"small": lambda: torch.ones(1 << 10), "big": lambda: torch.ones(1 << 20)}, rounds=4,
+                              memory_steps=(1,))
+    assert costs["small"]["timed_steps"] == costs["big"]["timed_steps"] == 3
+    assert costs["big"]["peak_bytes"] >= 1 << 22 > costs["small"]["peak_bytes"]

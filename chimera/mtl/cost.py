@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -82,3 +82,15 @@ class StepMeter:
         return {"seconds_per_step": statistics.median(self.seconds) if self.seconds else float("nan"),
                 "peak_bytes": float(max(self.peaks)) if self.peaks else float("nan"),
                 "timed_steps": float(len(self.seconds)), "memory_steps": float(len(self.peaks))}
+
+
+def interleaved_costs(steps: dict[str, Callable[[], object]], rounds: int = 100,
+                      memory_steps: tuple[int, ...] = (2, 5)) -> dict[str, dict[str, float]]:
+    """``StepMeter.summary`` of each named step function, run round-robin ``rounds`` times, so that other
+    load on a shared machine falls on every method alike (runs measured one after another see different load)."""
+    meters = {name: StepMeter(memory_steps=memory_steps) for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            with meters[name].step():
+                fn()
+    return {name: m.summary() for name, m in meters.items()}

@@ -66,6 +66,19 @@ def accuracy(model: MultiLeNet, split: MultiDigit, batch: int = 1024) -> dict[st
     return {t: c / len(split) for t, c in correct.items()}
 
 
+def train_step(model: MultiLeNet, opt: torch.optim.Optimizer, split: MultiDigit, idx: torch.Tensor, method: str, *,
+               cagrad_c: float = 0.5, generator: torch.Generator | None = None) -> dict[str, float]:
+    """One optimizer step on the examples ``idx``: per-task cross-entropy, the trunk's gradients combined by
+    ``method`` (MGDA-UB reads the trunk's output), the heads' from the summed loss."""
+    z, logits = model(split.images[idx])
+    losses = {t: F.cross_entropy(logits[t], y[idx]) for t, y in split.labels.items()}
+    opt.zero_grad(set_to_none=True)
+    info = aggregate(losses, list(model.trunk.parameters()), method, shared_repr=[z], cagrad_c=cagrad_c,
+                     generator=generator)
+    opt.step()
+    return info
+
+
 def train_multidigit(cfg: MTLConfig, data: dict[str, MultiDigit],
                      log: Callable[[str], None] = lambda _: None) -> dict:
     """Train one run; returns the config, per-task test accuracy (and its mean), the chosen epoch,
@@ -80,7 +93,6 @@ def train_multidigit(cfg: MTLConfig, data: dict[str, MultiDigit],
     model = MultiLeNet(train.images.size(-1), tasks, dropout=cfg.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, cfg.lr_decay)
-    shared = list(model.trunk.parameters())
     gen = torch.Generator().manual_seed(cfg.seed)
     meter = StepMeter()
     curve, best, chosen = [], -1.0, None
@@ -89,11 +101,7 @@ def train_multidigit(cfg: MTLConfig, data: dict[str, MultiDigit],
         perm = torch.randperm(len(train), generator=gen)
         for idx in perm.split(cfg.batch_size):
             with meter.step():
-                z, logits = model(train.images[idx])
-                losses = {t: F.cross_entropy(logits[t], train.labels[t][idx]) for t in tasks}
-                opt.zero_grad(set_to_none=True)
-                aggregate(losses, shared, cfg.method, shared_repr=[z], cagrad_c=cfg.cagrad_c, generator=gen)
-                opt.step()
+                train_step(model, opt, train, idx, cfg.method, cagrad_c=cfg.cagrad_c, generator=gen)
         sched.step()
         val = accuracy(model, data["val"])
         val_mean = float(np.mean(list(val.values())))
