@@ -32,7 +32,7 @@ from chimera.clrs.samplers import TRAIN_SIZES, Batch, Sampler, unknown_algorithm
 from chimera.clrs.specs import SPECS, Type
 from chimera.config import to_dict
 from chimera.mtl.cost import StepMeter
-from chimera.rl.multitask import METHODS, aggregate
+from chimera.rl.multitask import METHODS, Method, aggregate
 from chimera.runs import Run, RunSettings, rng_state, seed_everything, set_rng_state
 
 MATCHERS = ("naive_string_matcher", "kmp_matcher")
@@ -69,7 +69,7 @@ class TrainCLRSConfig:
     """Score the best-validation weights at the end (early stopping); False: the last step's weights."""
     weight_decay: float = 0.0
     """Adam's L2 term."""
-    aggregator: str = "sum"
+    aggregator: Method = "sum"
     """How the algorithms' gradients on the shared processor combine (chimera.rl.multitask.METHODS; sum = unitary)."""
     test_size: int = 64
     val_samples: int = 32
