@@ -32,6 +32,8 @@ from chimera.clrs.model import (
 from chimera.clrs.samplers import TRAIN_SIZES, Batch, Sampler, unknown_algorithm
 from chimera.clrs.specs import SPECS, Type
 from chimera.config import to_dict
+from chimera.mtl.cost import StepMeter
+from chimera.rl.multitask import METHODS, Method, aggregate
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 
 MATCHERS = ("naive_string_matcher", "kmp_matcher")
@@ -64,6 +66,12 @@ class TrainCLRSConfig:
     train_sizes: tuple[int, ...] = TRAIN_SIZES
     eval_every: int = 500
     """Steps between validation (n = 16); the best validation score's weights are kept."""
+    keep_best: bool = True
+    """Score the best-validation weights at the end (early stopping); False: the last step's weights."""
+    weight_decay: float = 0.0
+    """Adam's L2 term."""
+    aggregator: Method = "sum"
+    """How the algorithms' gradients on the shared processor combine (chimera.rl.multitask.METHODS; sum = unitary)."""
     test_size: int = 64
     val_samples: int = 32
     test_samples: int = 32
@@ -76,6 +84,10 @@ class TrainCLRSConfig:
         if unknown:
             raise ValueError(unknown_algorithm(unknown[0]) if len(unknown) == 1 else
                              f"unknown CLRS algorithm(s) {unknown}; `chimera clrs list` prints the 30 names")
+        if self.aggregator not in METHODS or self.aggregator == "mgda_ub":
+            raise ValueError(f"aggregator {self.aggregator!r}: choose one of "
+                             f"{', '.join(m for m in METHODS if m != 'mgda_ub')} (mgda_ub needs one shared "
+                             "representation of the same inputs; each algorithm here has its own batch)")
 
 
 class Learner(nn.Module):
@@ -149,7 +161,9 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
            for i, a in enumerate(cfg.algorithms)}
     cats = {a: categories(a, val[a].batch(2)) for a in cfg.algorithms}
     model = Learner(cfg.algorithms, ModelConfig(processor=cfg.processor, hidden=cfg.hidden), cats)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    shared = list(next(iter(model.nets.values())).processor.parameters())
+    meter = StepMeter()
     run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
     start, best = 0, {"score": -1.0, "step": 0, "state": None}
     if ckpt is not None:
@@ -161,15 +175,14 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
     log(f"run {run.path}: {cfg.processor} on {', '.join(cfg.algorithms)}, {cfg.steps} steps")
     t0, seen = time.time(), 0
     for step in range(start + 1, cfg.steps + 1):
-        opt.zero_grad(set_to_none=True)
-        losses = {}
-        for a in cfg.algorithms:
-            batch = train[a][int(rng.integers(len(train[a])))].batch(cfg.batch_size)
-            loss, _ = batch_loss(model.nets[a], batch)
-            loss.backward()
-            losses[a] = float(loss.detach())
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        batches = {a: train[a][int(rng.integers(len(train[a])))].batch(cfg.batch_size) for a in cfg.algorithms}
+        with meter.step():
+            opt.zero_grad(set_to_none=True)
+            task_losses = {a: batch_loss(model.nets[a], b)[0] for a, b in batches.items()}
+            aggregate(task_losses, shared, cfg.aggregator)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+        losses = {a: float(v.detach()) for a, v in task_losses.items()}
         seen += 1
         if step % cfg.run.log_every == 0 or step == cfg.steps:
             rate = seen / (time.time() - t0)
@@ -187,14 +200,15 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
         if step % cfg.run.ckpt_every == 0 or step == cfg.steps:
             run.checkpoints.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                         "rng": rng_state(), "best": best, "config": to_dict(cfg)})
-    if best["state"] is not None:
+    if cfg.keep_best and best["state"] is not None:
         model.load_state_dict(best["state"])
     results = {}
     for i, a in enumerate(cfg.algorithms):
         test = Sampler(a, cfg.test_size, cfg.test_samples, 3 + i)
         results[a] = {"val": evaluate(model.nets[a], val[a].all(32))["score"],
                       "test": evaluate(model.nets[a], test.all(4))["score"]}
-    (run.path / "results.json").write_text(json.dumps({"best_step": best["step"], "scores": results}, indent=1))
+    (run.path / "results.json").write_text(json.dumps({"best_step": best["step"], "scores": results,
+                                                           "cost": meter.summary() if meter.count else None}, indent=1))
     log(f"\n{'algorithm':<32}{'val (n=16)':>12}{'test (n=' + str(cfg.test_size) + ')':>14}")
     for a, r in results.items():
         log(f"{a:<32}{r['val']:>12.3f}{r['test']:>14.3f}")
