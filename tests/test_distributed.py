@@ -103,3 +103,14 @@ def test_each_rank_runs_its_own_block_of_micro_batches_and_a_remainder_is_refuse
     with pytest.raises(ValueError, match=r"grad_accum=3 does not divide among 2 processes.*--data.batch-size 8 "
                                          r"--data.grad-accum 6"):
         distributed.micro_steps(3, distributed.World(rank=0, size=2), batch_size=16)
+
+
+def test_ranks_after_the_first_draw_their_own_random_numbers_and_rank_0_keeps_the_single_process_ones():
+    draws = []
+    for rank in (0, 1, 2):
+        torch.manual_seed(5)
+        distributed.decorrelate_rng(distributed.World(rank=rank, size=3, parallel="ddp"), seed=5, step=0)
+        draws.append(torch.rand(4))
+    torch.manual_seed(5)
+    assert torch.equal(draws[0], torch.rand(4))
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])

@@ -103,6 +103,15 @@ def parallelize(model: nn.Module, world: World, blocks: Callable[[nn.Module], li
     return model
 
 
+def decorrelate_rng(world: World, seed: int, step: int) -> None:
+    """Give ranks other than 0 their own torch generator stream from here on (rank 0 keeps the one-process
+    stream), so random draws during training (NVFP4's stochastic rounding) are independent across ranks
+    instead of repeating rank 0's. Call it after the model is built (its initialisation must agree) and
+    after a resume (which restores rank 0's state everywhere)."""
+    if world.rank > 0:
+        torch.manual_seed(hash((seed, world.rank, step)) % 2**63)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DDP wrapper (FSDP2 shards in place: the module is the model)."""
     return model.module if hasattr(model, "require_backward_grad_sync") else model

@@ -196,6 +196,7 @@ def _train(cfg: TrainLMConfig, resume: str | None, log, objective: Objective | N
         log(f"no loadable checkpoint in {resume}; starting from step 0")
     if resume and world.main:
         run.truncate_metrics(start)
+    distributed.decorrelate_rng(world, cfg.run.seed, start)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"run {run.path if run else ''}: model {cfg.model} ({n_params / 1e6:.2f}M params, pattern "
         f"{model.config.pattern}), {cfg.steps} steps" + (f", {world.size} processes ({world.parallel})"
