@@ -22,14 +22,14 @@ FLAGS = ["--model", "tiny-moe", "--steps", str(STEPS), "--data.batch-size", "2",
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _torchrun(args: list[str], out: Path) -> Path:
-    """Run `chimera train-lm` in 2 processes (torchrun --standalone picks a free port); the run folder."""
+def _torchrun(args: list[str], out: Path, command: tuple[str, ...] = ("train-lm",)) -> Path:
+    """Run a chimera command in 2 processes (torchrun --standalone picks a free port); the run folder."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "chimera", "train-lm", *args, "--run.out-dir", str(out)],
+                           "-m", "chimera", *command, *args, "--run.out-dir", str(out)],
                           env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (run,) = out.glob("lm-*") if not (out / "config.json").exists() else [out]
+    (run,) = [p for p in out.iterdir() if (p / "config.json").exists()]
     return run
 
 
@@ -114,3 +114,22 @@ def test_ranks_after_the_first_draw_their_own_random_numbers_and_rank_0_keeps_th
     torch.manual_seed(5)
     assert torch.equal(draws[0], torch.rand(4))
     assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+
+
+def test_clrs_train_in_two_processes_splits_the_algorithms_and_logs_the_losses_of_one(tmp_path):
+    from chimera.clrs.train import TrainCLRSConfig, train_clrs
+    from chimera.config import parse_cli
+
+    flags = ["--algorithms", "insertion_sort", "bfs", "--processor", "mpnn", "--hidden", "16", "--steps", "10",
+             "--batch-size", "4", "--eval-every", "100", "--val-samples", "4", "--test-samples", "4", "--test-size",
+             "8", "--run.log-every", "1", "--run.threads", "1"]
+    cfg, _ = parse_cli(TrainCLRSConfig, [*flags, "--run.out-dir", str(tmp_path / "one")], prog="clrs", description="")
+    threads = torch.get_num_threads()
+    try:
+        ref, results = train_clrs(cfg, log=lambda *a: None)
+    finally:
+        torch.set_num_threads(threads)
+    two = _torchrun(flags, tmp_path / "two", command=("clrs", "train"))
+    for key in ("train/loss", "train/loss/insertion_sort", "train/loss/bfs"):
+        _assert_close(_rows(two, key), _rows(ref.path, key), rel=1e-4)
+    assert json.loads((two / "results.json").read_text())["scores"] == results  # the same weights, evaluated

@@ -32,6 +32,7 @@ from chimera.clrs.samplers import TRAIN_SIZES, Batch, Sampler, unknown_algorithm
 from chimera.clrs.specs import SPECS, Type
 from chimera.config import to_dict
 from chimera.runs import Run, RunSettings, rng_state, seed_everything, set_rng_state
+from chimera.train import distributed
 
 MATCHERS = ("naive_string_matcher", "kmp_matcher")
 
@@ -137,10 +138,24 @@ def _train_sampler(algorithm: str, size: int, seed: int) -> Sampler:
     return Sampler(algorithm, n, -1, seed, length_needle=-8 if algorithm in MATCHERS else None)
 
 
-def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tuple[Run, dict]:
+def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tuple[Run | None, dict]:
+    """Train (or resume); under torchrun each process trains its share of the algorithms and the gradients
+    are summed, so the step is one process's step (rank 0 alone logs, evaluates and writes; others return
+    (None, {}))."""
     cfg.validate()
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
+    world = distributed.init("ddp")
+    try:
+        if world.size > len(cfg.algorithms):
+            raise ValueError(f"clrs train splits the algorithms among the processes: {world.size} processes need "
+                             f"at least {world.size} algorithms (got {len(cfg.algorithms)})")
+        return _train_clrs(cfg, resume, log if world.main else (lambda *a, **k: None), world)
+    finally:
+        distributed.shutdown(world)
+
+
+def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distributed.World) -> tuple[Run | None, dict]:
     seed_everything(cfg.run.seed)
     rng = np.random.default_rng(cfg.run.seed)
     train = {a: [_train_sampler(a, s, cfg.run.seed + 17 * i + j)
@@ -151,27 +166,37 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
     cats = {a: categories(a, val[a].batch(2)) for a in cfg.algorithms}
     model = Learner(cfg.algorithms, ModelConfig(processor=cfg.processor, hidden=cfg.hidden), cats)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
+    run, ckpt = distributed.start_run(world, cfg.run, to_dict(cfg), resume)
     start, best = 0, {"score": -1.0, "step": 0, "state": None}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         start, best = ckpt["step"], ckpt["best"]
-        log(f"resumed {run.path} at step {start}")
-    log(f"run {run.path}: {cfg.processor} on {', '.join(cfg.algorithms)}, {cfg.steps} steps")
+        log(f"resumed {resume} at step {start}")
+    log(f"run {run.path if run else ''}: {cfg.processor} on {', '.join(cfg.algorithms)}, {cfg.steps} steps"
+        + (f", {world.size} processes" if world.distributed else ""))
+    mine = set(cfg.algorithms[world.rank::world.size])
     t0, seen = time.time(), 0
     for step in range(start + 1, cfg.steps + 1):
         opt.zero_grad(set_to_none=True)
         losses = {}
         for a in cfg.algorithms:
-            batch = train[a][int(rng.integers(len(train[a])))].batch(cfg.batch_size)
-            loss, _ = batch_loss(model.nets[a], batch)
+            sampler = train[a][int(rng.integers(len(train[a])))]  # every rank draws, to stay in step
+            if a not in mine:
+                continue
+            loss, _ = batch_loss(model.nets[a], sampler.batch(cfg.batch_size))
             loss.backward()
             losses[a] = float(loss.detach())
+        distributed.sum_gradients(model, world)
+        if world.distributed:
+            every = torch.tensor([losses.get(a, 0.0) for a in cfg.algorithms], dtype=torch.float64)
+            losses = dict(zip(cfg.algorithms, distributed.all_reduce(every, world).tolist()))
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         seen += 1
+        if not world.main:
+            continue
         if step % cfg.run.log_every == 0 or step == cfg.steps:
             rate = seen / (time.time() - t0)
             run.log(step, {"train/loss": float(np.mean(list(losses.values()))), "charts/steps_per_s": rate,
@@ -188,6 +213,8 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
         if step % cfg.run.ckpt_every == 0 or step == cfg.steps:
             run.checkpoints.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                         "rng": rng_state(), "best": best, "config": to_dict(cfg)})
+    if not world.main:
+        return None, {}
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     results = {}

@@ -169,6 +169,20 @@ def all_reduce_many(tensors: list[torch.Tensor], world: World) -> None:
             t.copy_(part.view_as(t))
 
 
+def sum_gradients(model: nn.Module, world: World) -> None:
+    """Sum every parameter's gradient over ranks (a learner whose ranks compute different terms of one loss,
+    e.g. different tasks: then no rank's term is averaged away); a parameter no rank gave a gradient keeps
+    None, as in one process."""
+    if not world.distributed:
+        return
+    params = list(model.parameters())
+    has = torch.tensor([float(p.grad is not None) for p in params])
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    all_reduce_many([*grads, has], world)
+    for p, g, h in zip(params, grads, has.tolist()):
+        p.grad = g if h > 0 else None
+
+
 def broadcast(obj: Any, world: World) -> Any:
     """Rank 0's ``obj`` on every rank (picklable objects)."""
     if not world.distributed:
