@@ -152,7 +152,11 @@ def test_train_rl_with_ray_logs_what_in_process_logs_and_survives_a_killed_actor
     assert any("worker 0 (envs 0-1) crash" in line for line in logs)
 
 
-def test_without_ray_the_error_names_the_extra(monkeypatch):
+def test_without_ray_the_command_says_to_install_the_extra(monkeypatch, capsys):
+    from chimera.cli import main
+
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[dist\]'"):
+    with pytest.raises(ValueError, match=r"pip install -e '\.\[dist\]'"):
         require_ray()
+    assert main(["train-rl", "--vector", "ray", "--total-steps", "64"]) == 2
+    assert "pip install -e '.[dist]'" in capsys.readouterr().err

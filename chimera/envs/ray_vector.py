@@ -26,10 +26,12 @@ from chimera.envs.vector import InProcessVectorEnv
 
 def require_ray():
     """The ray module, or an error that says how to install it."""
+    from chimera.config import ConfigError
+
     try:
         import ray
     except ImportError:
-        raise RuntimeError("the ray vector backend needs Ray, which is not installed: pip install -e '.[dist]' "
+        raise ConfigError("the ray vector backend needs Ray, which is not installed: pip install -e '.[dist]' "
                            "(or use --vector subprocess / inprocess)") from None
     return ray
 
