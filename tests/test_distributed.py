@@ -133,3 +133,17 @@ def test_clrs_train_in_two_processes_splits_the_algorithms_and_logs_the_losses_o
     for key in ("train/loss", "train/loss/insertion_sort", "train/loss/bfs"):
         _assert_close(_rows(two, key), _rows(ref.path, key), rel=1e-4)
     assert json.loads((two / "results.json").read_text())["scores"] == results  # the same weights, evaluated
+
+
+def test_learners_without_a_data_parallel_path_refuse_torchrun(monkeypatch, tmp_path):
+    from chimera.config import ConfigError
+    from chimera.posttrain.train import PostTrainConfig
+    from chimera.posttrain.train import train as post_train
+    from chimera.rl.train import RLRunConfig, TrainRLConfig, train_rl
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="train-rl does not run data-parallel yet, and torchrun started 2"):
+        train_rl(TrainRLConfig(run=RLRunConfig(out_dir=str(tmp_path))))
+    with pytest.raises(ConfigError, match="post-train does not run data-parallel yet"):
+        post_train(PostTrainConfig())
+    assert not any(tmp_path.iterdir())  # refused before a run folder was made

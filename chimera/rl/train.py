@@ -190,6 +190,9 @@ class Rollout:
 
 def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
     """Run (or resume) a PPO / ESPO training run; returns the run directory handle."""
+    from chimera.train.distributed import refuse_torchrun
+
+    refuse_torchrun("train-rl")
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)

@@ -58,6 +58,18 @@ def init(parallel: Parallel = "ddp") -> World:
     return World(rank=dist.get_rank(), size=dist.get_world_size(), parallel=parallel)
 
 
+def refuse_torchrun(command: str) -> None:
+    """Stop a learner that has no data-parallel path when torchrun started several processes (each would
+    train alone and write its own run)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1:
+        from chimera.config import ConfigError
+
+        raise ConfigError(f"{command} does not run data-parallel yet, and torchrun started {size} processes "
+                          f"(each would train alone); run it as one process (train-lm, distill and clrs train "
+                          f"run under torchrun; docs/SCALING.md)")
+
+
 def shutdown(world: World) -> None:
     """Leave the process group (after the last collective)."""
     if world.distributed and dist.is_initialized():
