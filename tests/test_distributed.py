@@ -147,3 +147,22 @@ def test_learners_without_a_data_parallel_path_refuse_torchrun(monkeypatch, tmp_
     with pytest.raises(ConfigError, match="post-train does not run data-parallel yet"):
         post_train(PostTrainConfig())
     assert not any(tmp_path.iterdir())  # refused before a run folder was made
+
+
+def test_distill_in_two_processes_logs_the_kl_of_one(one_process, tmp_path):
+    from chimera.compress.distill import DistillConfig, distill
+    from chimera.config import parse_cli
+
+    flags = ["--teacher", str(one_process / "model"), "--student", "tiny", "--steps", "6", "--data.batch-size",
+             "2", "--data.grad-accum", "2", "--optim.warmup-steps", "2", "--run.log-every", "1",
+             "--run.eval-every", "100", "--run.eval-samples", "2", "--run.no-plots", "--run.threads", "1"]
+    cfg, _ = parse_cli(DistillConfig, [*flags, "--run.out-dir", str(tmp_path / "one")], prog="distill",
+                       description="")
+    threads = torch.get_num_threads()
+    try:
+        ref = distill(cfg, log=lambda *a: None)
+    finally:
+        torch.set_num_threads(threads)
+    two = _torchrun(flags, tmp_path / "two", command=("distill",))
+    _assert_close(_rows(two, "losses/train_loss"), _rows(ref.path, "losses/train_loss"), rel=1e-4)
+    _assert_close(_rows(two, "eval/kl"), _rows(ref.path, "eval/kl"), rel=1e-4)
