@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -99,7 +100,10 @@ def parallelize(model: nn.Module, world: World, blocks: Callable[[nn.Module], li
     if world.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        # broadcast_buffers=False: buffers such as MoE loads are reduced by the learner, not copied from rank 0
+        # buffers such as MoE loads are reduced by the learner, not copied from rank 0 at every forward
+        # (torch >= 2.13 names this forward_sync_buffers; the buffers agree at the start either way)
+        if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+            return DDP(model, forward_sync_buffers=False)
         return DDP(model, broadcast_buffers=False)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
