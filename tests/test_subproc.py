@@ -18,7 +18,7 @@ def _rollout(venv, steps, seed=0):
     for _ in range(steps):
         a = rng.integers(venv.action_space.n, size=venv.n)
         obs, rew, term, trunc, finals = venv.step(a)
-        out.append((obs, rew.copy(), term.copy(), trunc.copy(), [f is not None for f in finals]))
+        out.append((obs, rew.copy(), term.copy(), trunc.copy(), [f is not None for f in finals], finals))
     return out
 
 
@@ -42,6 +42,8 @@ def test_subprocess_backend_steps_the_same_episodes(env_id, kw, steps):
         for x, y in zip(ra, rb):
             assert _same(x[0], y[0])
             assert all(np.array_equal(u, v) for u, v in zip(x[1:4], y[1:4])) and x[4] == y[4]
+            # the final observations too (NLE reuses its arrays at reset: a kept reference would show the reset)
+            assert all(f is None or _same(f, g) for f, g in zip(x[5], y[5]))
         assert a.stats.returns == b.stats.returns and a.stats.lengths == b.stats.lengths
         assert len(a.stats.returns) > 4  # several episodes ended and were reseeded
     finally:

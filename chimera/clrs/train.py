@@ -35,6 +35,7 @@ from chimera.config import to_dict
 from chimera.mtl.cost import StepMeter
 from chimera.rl.multitask import METHODS, Method, aggregate
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
+from chimera.train import distributed
 
 MATCHERS = ("naive_string_matcher", "kmp_matcher")
 
@@ -148,10 +149,28 @@ def _train_sampler(algorithm: str, size: int, seed: int) -> Sampler:
     return Sampler(algorithm, n, -1, seed, length_needle=-8 if algorithm in MATCHERS else None)
 
 
-def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tuple[Run, dict]:
+def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tuple[Run | None, dict]:
+    """Train (or resume); under torchrun each process trains its share of the algorithms and the gradients
+    are summed, so the step is one process's step (rank 0 alone logs, evaluates and writes; others return
+    (None, {}))."""
     cfg.validate()
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
+    world = distributed.init("ddp")
+    try:
+        if world.distributed and cfg.aggregator != "sum":
+            raise ValueError(f"clrs train under torchrun splits the algorithms among the processes, which sums their "
+                             f"gradients; --aggregator {cfg.aggregator} needs every task gradient in one process: "
+                             "run it without torchrun")
+        if world.size > len(cfg.algorithms):
+            raise ValueError(f"clrs train splits the algorithms among the processes: {world.size} processes need "
+                             f"at least {world.size} algorithms (got {len(cfg.algorithms)})")
+        return _train_clrs(cfg, resume, log if world.main else (lambda *a, **k: None), world)
+    finally:
+        distributed.shutdown(world)
+
+
+def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distributed.World) -> tuple[Run | None, dict]:
     seed_everything(cfg.run.seed)
     rng = np.random.default_rng(cfg.run.seed)
     train = {a: [_train_sampler(a, s, cfg.run.seed + 17 * i + j)
@@ -164,26 +183,41 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     shared = list(next(iter(model.nets.values())).processor.parameters())
     meter = StepMeter()
-    run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
+    run, ckpt = distributed.start_run(world, cfg.run, to_dict(cfg), resume)
     start, best = 0, {"score": -1.0, "step": 0, "state": None}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         start, best = ckpt["step"], ckpt["best"]
-        log(f"resumed {run.path} at step {start}")
-    log(f"run {run.path}: {cfg.processor} on {', '.join(cfg.algorithms)}, {cfg.steps} steps")
+        log(f"resumed {resume} at step {start}")
+    log(f"run {run.path if run else ''}: {cfg.processor} on {', '.join(cfg.algorithms)}, {cfg.steps} steps"
+        + (f", {world.size} processes" if world.distributed else ""))
+    mine = set(cfg.algorithms[world.rank::world.size])
     t0, seen = time.time(), 0
     for step in range(start + 1, cfg.steps + 1):
-        batches = {a: train[a][int(rng.integers(len(train[a])))].batch(cfg.batch_size) for a in cfg.algorithms}
+        # every rank draws every algorithm's batch index, to stay in step
+        samplers = {a: train[a][int(rng.integers(len(train[a])))] for a in cfg.algorithms}
         with meter.step():
             opt.zero_grad(set_to_none=True)
-            task_losses = {a: batch_loss(model.nets[a], b)[0] for a, b in batches.items()}
-            aggregate(task_losses, shared, cfg.aggregator)
+            if world.distributed:  # the sum (checked above): each rank backpropagates its share of the algorithms
+                losses = {}
+                for a in mine:
+                    loss, _ = batch_loss(model.nets[a], samplers[a].batch(cfg.batch_size))
+                    loss.backward()
+                    losses[a] = float(loss.detach())
+                distributed.sum_gradients(model, world)
+                every = torch.tensor([losses.get(a, 0.0) for a in cfg.algorithms], dtype=torch.float64)
+                losses = dict(zip(cfg.algorithms, distributed.all_reduce(every, world).tolist()))
+            else:
+                task_losses = {a: batch_loss(model.nets[a], sp.batch(cfg.batch_size))[0] for a, sp in samplers.items()}
+                aggregate(task_losses, shared, cfg.aggregator)
+                losses = {a: float(v.detach()) for a, v in task_losses.items()}
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-        losses = {a: float(v.detach()) for a, v in task_losses.items()}
         seen += 1
+        if not world.main:
+            continue
         if step % cfg.run.log_every == 0 or step == cfg.steps:
             rate = seen / (time.time() - t0)
             run.log(step, {"train/loss": float(np.mean(list(losses.values()))), "charts/steps_per_s": rate,
@@ -200,6 +234,8 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
         if step % cfg.run.ckpt_every == 0 or step == cfg.steps:
             run.checkpoints.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                         "rng": rng_state(), "best": best, "config": to_dict(cfg)})
+    if not world.main:
+        return None, {}
     if cfg.keep_best and best["state"] is not None:
         model.load_state_dict(best["state"])
     results = {}

@@ -111,7 +111,83 @@ def _worker(conn: Connection, make_blob: bytes, shared: _Shared, indices: list[i
             pass
 
 
-class SubprocVectorEnv:
+class RestartingWorkers:
+    """What the worker backends share (this one and chimera.envs.ray_vector): episode bookkeeping on the
+    learner's side, the cut of a failed worker's episodes, and the restart policy. A backend provides
+    ``_start(w, seeds)``, ``_stop(w)`` and ``_receive(w) -> (kind, payload)`` ("ready" once started)."""
+
+    n: int
+    obs: Any
+    log: Callable[[str], None]
+    max_restarts: int
+    _slices: list[list[int]]
+
+    def _init_bookkeeping(self, n: int, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)  # fresh seeds for restarted workers
+        self.stats = EpisodeStats()
+        self.restarts = 0
+        self._ret = np.zeros(n)  # the running episode's return and length per env
+        self._len = np.zeros(n, dtype=np.int64)
+        self._scored = False  # whether this env reports success (then a cut episode counts as a failure)
+
+    def _settle(self, rew: np.ndarray, term: np.ndarray, trunc: np.ndarray, ended: np.ndarray,
+                final_of: Callable[[int], Any], successes: dict[int, float],
+                failed: dict[int, tuple[str, str]]) -> list[Any]:
+        """Cut the envs of failed workers (their step did not happen: reward 0, truncated, final observation
+        the last one the learner saw), count returns, end episodes, restart the failed workers; -> finals.
+        ``rew``, ``term``, ``trunc`` are changed in place."""
+        cut = np.zeros(self.n, dtype=bool)
+        for w in failed:
+            cut[self._slices[w]] = True
+        rew[cut], term[cut], trunc[cut], ended[cut] = 0.0, False, True, False
+        self._ret[~cut] += rew[~cut]
+        self._len[~cut] += 1
+        finals: list[Any] = [None] * self.n
+        for i in range(self.n):
+            if ended[i]:
+                finals[i] = final_of(i)
+                self._end_episode(i, successes[i])
+            elif cut[i]:  # the episode is cut where the learner last saw it
+                finals[i] = {k: v[i].copy() for k, v in self.obs.items()} if isinstance(self.obs, dict) \
+                    else self.obs[i].copy()
+                self._end_episode(i, 0.0 if self._scored else float("nan"))
+        for w in sorted(failed):
+            self._restart(w, *failed[w])
+        return finals
+
+    def _restart(self, w: int, kind: str, detail: str) -> None:
+        """Start worker ``w`` again with fresh seeds; each attempt counts, up to ``max_restarts`` in all."""
+        envs = self._slices[w]
+        while True:
+            self.restarts += 1
+            self.log(f"vector env: worker {w} (envs {envs[0]}-{envs[-1]}) {kind}: "
+                     f"{detail.strip().splitlines()[-1]}; restarting it, its episodes end as truncated "
+                     f"(restart {self.restarts})")
+            if self.restarts > self.max_restarts:
+                self.close()
+                raise RuntimeError(f"vector env workers restarted {self.restarts} times (max_restarts="
+                                   f"{self.max_restarts}); the environment keeps failing: "
+                                   f"{detail.strip().splitlines()[-1]}\n{detail}")
+            self._stop(w)
+            self._start(w, [int(self._rng.integers(0, 2**31 - 1)) for _ in envs])
+            kind, detail = self._receive(w)
+            if kind == "ready":
+                self._started(w, detail)
+                return
+            kind = f"failed to start after a restart ({kind})"
+
+    def _started(self, w: int, payload: Any) -> None:
+        """Worker ``w`` is up again (``payload``: what its "ready" carried)."""
+
+    def _end_episode(self, i: int, success: float) -> None:
+        self.stats.returns.append(float(self._ret[i]))
+        self.stats.lengths.append(int(self._len[i]))
+        self.stats.successes.append(success)
+        self._scored = self._scored or not np.isnan(success)
+        self._ret[i], self._len[i] = 0.0, 0
+
+
+class SubprocVectorEnv(RestartingWorkers):
     """n envs over ``workers`` processes; crashed or hung workers are restarted."""
 
     def __init__(self, make_env: Callable[[], gym.Env], n: int, seed: int, workers: int = 0, timeout: float = 60.0,
@@ -125,12 +201,7 @@ class SubprocVectorEnv:
         self._blob = cloudpickle.dumps(make_env)
         self._shared = _Shared(self._ctx, self.observation_space, n)
         self._slices = [[int(i) for i in s] for s in np.array_split(np.arange(n), workers)]
-        self._rng = np.random.default_rng(seed)
-        self.stats = EpisodeStats()
-        self.restarts = 0
-        self._ret = np.zeros(n)  # the running episode's return and length per env
-        self._len = np.zeros(n, dtype=np.int64)
-        self._scored = False  # whether this env reports success (then a cut episode counts as a failure)
+        self._init_bookkeeping(n, seed)
         self._procs: list[Any] = [None] * workers
         self._conns: list[Any] = [None] * workers
         for w in range(workers):
@@ -173,26 +244,6 @@ class SubprocVectorEnv:
             proc.join(5)
         self._conns[w].close()
 
-    def _restart(self, w: int, kind: str, detail: str) -> None:
-        """Start worker ``w`` again with fresh seeds; each attempt counts, up to ``max_restarts`` in all."""
-        envs = self._slices[w]
-        while True:
-            self.restarts += 1
-            self.log(f"vector env: worker {w} (envs {envs[0]}-{envs[-1]}) {kind}: "
-                     f"{detail.strip().splitlines()[-1]}; restarting it, its episodes end as truncated "
-                     f"(restart {self.restarts})")
-            if self.restarts > self.max_restarts:
-                self.close()
-                raise RuntimeError(f"vector env workers restarted {self.restarts} times (max_restarts="
-                                   f"{self.max_restarts}); the environment keeps failing: "
-                                   f"{detail.strip().splitlines()[-1]}\n{detail}")
-            self._stop(w)
-            self._start(w, [int(self._rng.integers(0, 2**31 - 1)) for _ in envs])
-            kind, detail = self._receive(w)
-            if kind == "ready":
-                return
-            kind = f"failed to start after a restart ({kind})"
-
     # ---- stepping -----------------------------------------------------------------------------------------
     def step(self, actions: np.ndarray):
         """-> next obs (reset where an episode ended), reward, terminated, truncated, final_obs (per env or None)."""
@@ -217,32 +268,9 @@ class SubprocVectorEnv:
                 failed[w] = (kind, payload)
         rew, term = sv[("obs", "_rew")].astype(np.float64), sv[("obs", "_term")].copy()
         trunc, ended = sv[("obs", "_trunc")].copy(), sv[("obs", "_final")].copy()
-        cut = np.zeros(self.n, dtype=bool)  # envs of failed workers: their step did not happen
-        for w in failed:
-            cut[self._slices[w]] = True
-        rew[cut], term[cut], trunc[cut], ended[cut] = 0.0, False, True, False
-        self._ret[~cut] += rew[~cut]
-        self._len[~cut] += 1
-        finals: list[Any] = [None] * self.n
-        for i in range(self.n):
-            if ended[i]:
-                finals[i] = self._shared.read("fin", i)
-                self._end_episode(i, successes[i])
-            elif cut[i]:  # the episode is cut where the learner last saw it
-                finals[i] = {k: v[i].copy() for k, v in self.obs.items()} if isinstance(self.obs, dict) \
-                    else self.obs[i].copy()
-                self._end_episode(i, 0.0 if self._scored else float("nan"))
-        for w in sorted(failed):
-            self._restart(w, *failed[w])
+        finals = self._settle(rew, term, trunc, ended, lambda i: self._shared.read("fin", i), successes, failed)
         self.obs = self._shared.read("obs", slice(None))
         return self.obs, rew, term, trunc, finals
-
-    def _end_episode(self, i: int, success: float) -> None:
-        self.stats.returns.append(float(self._ret[i]))
-        self.stats.lengths.append(int(self._len[i]))
-        self.stats.successes.append(success)
-        self._scored = self._scored or not np.isnan(success)
-        self._ret[i], self._len[i] = 0.0, 0
 
     def close(self) -> None:
         for w, conn in enumerate(self._conns):

@@ -48,16 +48,20 @@ def episode_success(info: dict[str, Any], terminated: bool, reward: float) -> fl
 class InProcessVectorEnv:
     """n copies of one environment, stepped in turn."""
 
-    def __init__(self, make_env: Callable[[], gym.Env], n: int, seed: int):
+    def __init__(self, make_env: Callable[[], gym.Env], n: int, seed: int, seeds: list[int] | None = None):
+        """Env i is seeded ``seed + i``, or ``seeds[i]`` when given (a slice of a larger vector: Ray's runners)."""
+        seeds = [seed + i for i in range(n)] if seeds is None else seeds
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} envs")
         self.envs = [make_env() for _ in range(n)]
         self.n = n
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
-        self._rngs = [np.random.default_rng(seed + i) for i in range(n)]  # per env, as in SubprocVectorEnv
+        self._rngs = [np.random.default_rng(s) for s in seeds]  # per env, as in SubprocVectorEnv
         self._ret = np.zeros(n)
         self._len = np.zeros(n, dtype=np.int64)
         self.stats = EpisodeStats()
-        self.obs = stack_obs([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)])
+        self.obs = stack_obs([env.reset(seed=s)[0] for s, env in zip(seeds, self.envs)])
 
     def step(self, actions: np.ndarray):
         """-> next obs (reset where an episode ended), reward, terminated, truncated, final_obs (per env or None)."""
@@ -75,7 +79,8 @@ class InProcessVectorEnv:
                 self.stats.lengths.append(int(self._len[i]))
                 self.stats.successes.append(episode_success(info, te, r))
                 self._ret[i], self._len[i] = 0.0, 0
-                final = o
+                # a copy: NLE writes the next reset's observation into the arrays it returned
+                final = {k: np.array(v) for k, v in o.items()} if isinstance(o, dict) else np.array(o)
                 o, _ = env.reset(seed=int(self._rngs[i].integers(0, 2**31 - 1)))
             obs.append(o)
             finals.append(final)

@@ -328,6 +328,9 @@ def update(model: HybridLM, opt: torch.optim.Optimizer, episodes: list[Episode],
 
 def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
     """Run (or resume) post-training; writes the run directory and ``model/`` at the end."""
+    from chimera.train.distributed import refuse_torchrun
+
+    refuse_torchrun("post-train")
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)

@@ -10,6 +10,7 @@ core combined by a multi-task aggregator (``aggregator``, see ``chimera.rl.multi
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,11 +75,16 @@ class TrainRLConfig:
     """Environment ids (chimera envs); several make a multi-environment run."""
     num_envs: int = 8
     """Envs per task."""
-    vector: Literal["inprocess", "subprocess"] = "inprocess"
+    vector: Literal["inprocess", "subprocess", "ray"] = "inprocess"
     """inprocess: a task's envs stepped in turn in this process (fastest on 2 cores); subprocess: worker
-    processes writing observations to shared memory, restarted if they crash or hang."""
+    processes writing observations to shared memory; ray: Ray actors (pip install -e '.[dist]'), here or on a
+    cluster. Crashed or hung workers and actors are restarted."""
     workers: int = 0
-    """Worker processes per task for the subprocess backend (0: one per CPU core, at most num_envs)."""
+    """Worker processes (or Ray actors) per task for the subprocess and ray backends (0: one per CPU core, at
+    most num_envs)."""
+    ray_address: str = ""
+    """With --vector ray: the Ray cluster to join (e.g. auto, or ray://host:10001); empty: start Ray here with
+    as many CPUs as the actors ask for."""
     total_steps: int = 100_000
     """Environment steps over all tasks."""
     max_episode_steps: int = 0
@@ -184,12 +190,19 @@ class Rollout:
 
 def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
     """Run (or resume) a PPO / ESPO training run; returns the run directory handle."""
+    from chimera.train.distributed import refuse_torchrun
+
+    refuse_torchrun("train-rl")
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
     spaces, graphs = task_specs(cfg)
+    if cfg.vector == "ray":  # one CPU per actor, for all tasks' actors
+        from chimera.envs.ray_vector import connect
+
+        connect(cfg.ray_address, len(cfg.tasks) * min(cfg.num_envs, cfg.workers or os.cpu_count() or 1))
     venvs = {t: make_vector(lambda t=t: make(t, **env_kwargs(t, cfg)), cfg.num_envs, cfg.run.seed + 1000 * i,
-                            cfg.vector, cfg.workers, log) for i, t in enumerate(cfg.tasks)}
+                            cfg.vector, cfg.workers, log, cfg.ray_address) for i, t in enumerate(cfg.tasks)}
     agent = Agent(spaces, cfg.agent, graphs)
     opt = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad], lr=cfg.ppo.lr, eps=1e-5, fused=True)
     scalers = {t: RewardScaler(cfg.num_envs, cfg.ppo.gamma) for t in cfg.tasks} if cfg.reward_norm else {}

@@ -22,6 +22,7 @@ from chimera.models import HybridLM, get_config
 from chimera.models.config import SIZES
 from chimera.models.hybrid import LMOutput
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
+from chimera.train import distributed
 
 
 @dataclass
@@ -78,6 +79,9 @@ class TrainLMConfig:
     """bfloat16 runs the forward under autocast; weights and optimizer stay fp32."""
     precision: Literal["none", "fp8", "nvfp4"] = "none"
     """Low-precision recipe for the backbone's GEMMs (chimera.precision; emulated on CPU)."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun (WORLD_SIZE > 1): DDP (replicated weights) or FSDP2 (weights, gradients and optimizer
+    state sharded per layer). The global batch stays batch_size x grad_accum; one process ignores this."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -156,88 +160,122 @@ def evaluate(model: HybridLM, batcher: TaskBatcher, n: int, max_new_tokens: int 
     return metrics
 
 
-def train(cfg: TrainLMConfig, resume: str | None = None, log=print, objective: Objective | None = None) -> Run:
-    """Run (or resume) training; returns the run directory handle. ``objective`` replaces the next-token
-    cross-entropy as the loss (the MTP and MoE auxiliary terms stay)."""
+def train(cfg: TrainLMConfig, resume: str | None = None, log=print,
+          objective: Objective | None = None) -> Run | None:
+    """Run (or resume) training; returns the run directory handle (None on ranks other than 0 under
+    torchrun). ``objective`` replaces the next-token cross-entropy as the loss (the MTP and MoE auxiliary
+    terms stay)."""
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
+    world = distributed.init(cfg.parallel)
+    try:
+        return _train(cfg, resume, log if world.main else _silent, objective, world)
+    finally:
+        distributed.shutdown(world)
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
+def _train(cfg: TrainLMConfig, resume: str | None, log, objective: Objective | None,
+           world: distributed.World) -> Run | None:
+    micros = distributed.micro_steps(cfg.data.grad_accum, world, cfg.data.batch_size)
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model).train()
     if cfg.precision != "none":
         from chimera.precision import FP8Recipe, NVFP4Recipe, convert
 
         convert(model, FP8Recipe() if cfg.precision == "fp8" else NVFP4Recipe())
+    gathered = distributed.Gatherer(model, world)
+    trained = distributed.parallelize(model, world, lambda m: list(m.backbone.layers))
     opt = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     batcher = TaskBatcher(cfg.data.tasks, cfg.data.seq_len, cfg.data.batch_size, cfg.run.seed,
                           cfg.data.mode, cfg.data.thinking, cfg.data.thinking_off, cfg.data.thinking_cut)
-    run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
+    run, ckpt = distributed.start_run(world, cfg.run, to_dict(cfg), resume)
     start = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        distributed.load_full_state_dict(model, ckpt["model"])
+        distributed.load_full_optimizer_state(opt, ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         start = ckpt["step"]
-        log(f"resumed {run.path} at step {start}")
+        log(f"resumed {resume} at step {start}")
     elif resume:
-        log(f"no loadable checkpoint in {run.path}; starting from step 0")
-    if resume:
+        log(f"no loadable checkpoint in {resume}; starting from step 0")
+    if resume and world.main:
         run.truncate_metrics(start)
+    distributed.decorrelate_rng(world, cfg.run.seed, start)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"run {run.path}: model {cfg.model} ({n_params / 1e6:.2f}M params, pattern {model.config.pattern}), "
-        f"{cfg.steps} steps, {cfg.dtype}" + (f" with {cfg.precision} GEMMs" if cfg.precision != "none" else ""))
+    log(f"run {run.path if run else ''}: model {cfg.model} ({n_params / 1e6:.2f}M params, pattern "
+        f"{model.config.pattern}), {cfg.steps} steps, {cfg.dtype}"
+        + (f" with {cfg.precision} GEMMs" if cfg.precision != "none" else "")
+        + (f", {world.size} processes ({world.parallel})" if world.distributed else ""))
 
     def checkpoint(step: int) -> None:
-        run.checkpoints.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "rng": rng_state(), "config": to_dict(cfg)})
+        state = {"model": distributed.full_state_dict(model), "optimizer": distributed.full_optimizer_state(opt)}
+        if world.main:
+            run.checkpoints.save(step, {**state, "scheduler": sched.state_dict(), "rng": rng_state(),
+                                        "config": to_dict(cfg)})
 
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     t0, tokens, t_start = time.time(), 0, time.time()
     for step in range(start, cfg.steps):
         loss_sum = mtp_sum = 0.0
-        for micro in range(cfg.data.grad_accum):
+        for micro in micros:
             x, y = batcher.batch(step, micro)
-            with autocast:
-                out = model(x, return_mtp=True)
-            if objective is None:
-                loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-            else:
-                loss = objective(x, y, out)
-            total = loss if out.aux_loss is None else loss + out.aux_loss
-            if out.mtp_logits:
-                mtp = mtp_loss(out.mtp_logits, y)
-                total = total + model.config.mtp_loss_scale * mtp
-                mtp_sum += mtp.item() / cfg.data.grad_accum
-            (total / cfg.data.grad_accum).backward()
-            loss_sum += loss.item() / cfg.data.grad_accum
+            with distributed.grad_sync(trained, world, sync=micro == micros[-1]):
+                with autocast:
+                    out = trained(x, return_mtp=True)
+                if objective is None:
+                    loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+                else:
+                    loss = objective(x, y, out)
+                total = loss if out.aux_loss is None else loss + out.aux_loss
+                if out.mtp_logits:
+                    mtp = mtp_loss(out.mtp_logits, y)
+                    total = total + model.config.mtp_loss_scale * mtp
+                    mtp_sum += mtp.item() / len(micros)
+                (total / len(micros)).backward()
+            loss_sum += loss.item() / len(micros)
             tokens += int((y != IGNORE).sum())
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
+        grad_norm = distributed.clip_grad_norm(model, cfg.optim.grad_clip or float("inf"))
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        # each rank counted its own micro-batches' routing; the bias update needs the global batch's
+        distributed.all_reduce_many([moe.expert_load for moe in model.moe_layers()], world)
         model.update_moe_bias()
         done = step + 1
         if done % cfg.run.log_every == 0 or done == cfg.steps:
+            sums = distributed.all_reduce(torch.tensor([loss_sum, mtp_sum, tokens], dtype=torch.float64), world)
+            loss_mean, mtp_mean = (sums[:2] / world.size).tolist()
             dt = time.time() - t0
-            rate = tokens / max(dt, 1e-9)
+            rate = float(sums[2]) / max(dt, 1e-9)
             eta = (cfg.steps - done) * (time.time() - t_start) / max(1, done - start)
-            row = {"losses/train_loss": loss_sum, "losses/grad_norm": float(grad_norm),
+            row = {"losses/train_loss": loss_mean, "losses/grad_norm": grad_norm,
                    "charts/learning_rate": sched.get_last_lr()[0], "charts/tokens_per_sec": rate}
             if model.mtp is not None:
-                row["losses/mtp_loss"] = mtp_sum
-            run.log(done, row)
-            log(f"step {done:>6}/{cfg.steps}  loss {loss_sum:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
+                row["losses/mtp_loss"] = mtp_mean
+            if world.main:
+                run.log(done, row)
+            log(f"step {done:>6}/{cfg.steps}  loss {loss_mean:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
                 f"{rate:,.0f} tok/s  eta {eta / 60:.1f} min")
             t0, tokens = time.time(), 0
         if done % cfg.run.eval_every == 0 or done == cfg.steps:
-            metrics = evaluate(model, batcher, cfg.run.eval_samples, objective=objective)
-            run.log(done, metrics)
-            log("eval  " + "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items()))
+            full = gathered(trained)
+            if world.main:
+                metrics = evaluate(full, batcher, cfg.run.eval_samples, objective=objective)
+                run.log(done, metrics)
+                log("eval  " + "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items()))
         if done % cfg.run.ckpt_every == 0 or done == cfg.steps:
             checkpoint(done)
-    model.save_pretrained(run.path / "model")
+    full = gathered(trained)
+    if not world.main:
+        return None
+    full.save_pretrained(run.path / "model")
     plots = plot_metrics(run.metrics_path, run.path / "plots") if cfg.run.plots else []
     log(f"model saved to {run.path / 'model'}" + (f"; plots: {', '.join(str(p) for p in plots)}" if plots else ""))
     run.close()

@@ -1,0 +1,168 @@
+"""train-lm under torchrun with 2 processes on gloo: DDP and FSDP2 log the losses of one process at the same
+global batch, write the same model/, and a checkpoint from 2 processes resumes in one."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from chimera.train import distributed
+from chimera.train.lm import TrainLMConfig, train
+
+STEPS = 10
+FLAGS = ["--model", "tiny-moe", "--steps", str(STEPS), "--data.batch-size", "2", "--data.grad-accum", "2",
+         "--data.seq-len", "96", "--optim.warmup-steps", "2", "--run.log-every", "1", "--run.eval-every", "1000",
+         "--run.eval-samples", "2", "--run.ckpt-every", "5", "--run.no-plots", "--run.threads", "1"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _torchrun(args: list[str], out: Path, command: tuple[str, ...] = ("train-lm",)) -> Path:
+    """Run a chimera command in 2 processes (torchrun --standalone picks a free port); the run folder."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "chimera", *command, *args, "--run.out-dir", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = [p for p in out.iterdir() if (p / "config.json").exists()]
+    return run
+
+
+def _single(args: list[str], resume: str | None = None) -> Path:
+    """The same command in this process (one process: no torch.distributed)."""
+    from chimera.config import parse_cli
+
+    threads = torch.get_num_threads()
+    try:
+        cfg, flags = parse_cli(TrainLMConfig, ["--resume", resume, *args] if resume else args, prog="train-lm",
+                               description="", preset_flags=("--resume",))
+        return train(cfg, resume=flags.get("--resume"), log=lambda *a: None).path
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rows(run: Path, key: str) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def _assert_close(ours: dict[int, float], ref: dict[int, float], rel: float) -> None:
+    assert sorted(ours) == sorted(ref)
+    worst = max(abs(ours[s] - ref[s]) / abs(ref[s]) for s in ref)
+    assert worst <= rel, {s: (ours[s], ref[s]) for s in ref}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    return _single([*FLAGS, "--run.out-dir", str(tmp_path_factory.mktemp("ws1"))])
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory) -> Path:
+    return _torchrun([*FLAGS, "--parallel", "fsdp"], tmp_path_factory.mktemp("fsdp"))
+
+
+def _check_matches(run: Path, ref: Path) -> None:
+    for key in ("losses/train_loss", "losses/grad_norm"):
+        _assert_close(_rows(run, key), _rows(ref, key), rel=1e-4)
+    assert len(_rows(run, "losses/train_loss")) == STEPS
+    ours, theirs = load_file(run / "model" / "model.safetensors"), load_file(ref / "model" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert (run / "model" / "config.json").read_text() == (ref / "model" / "config.json").read_text()
+
+
+def test_ddp_in_two_processes_logs_the_losses_and_writes_the_model_of_one(one_process, tmp_path):
+    _check_matches(_torchrun([*FLAGS, "--parallel", "ddp"], tmp_path), one_process)
+
+
+def test_fsdp2_in_two_processes_logs_the_losses_and_writes_the_model_of_one(one_process, fsdp_run):
+    _check_matches(fsdp_run, one_process)
+
+
+def test_checkpoint_from_two_processes_resumes_in_one_with_the_same_next_losses(one_process, fsdp_run, tmp_path):
+    run = tmp_path / "resumed"
+    shutil.copytree(fsdp_run, run)
+    (run / "checkpoints" / f"step_{STEPS:08d}.pt").unlink()
+    (run / "checkpoints" / "latest").write_text("step_00000005.pt")
+    _single([], resume=str(run))
+    resumed, ref = _rows(run, "losses/train_loss"), _rows(one_process, "losses/train_loss")
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    _assert_close({s: v for s, v in resumed.items() if s > 5}, {s: v for s, v in ref.items() if s > 5}, rel=1e-5)
+
+
+def test_each_rank_runs_its_own_block_of_micro_batches_and_a_remainder_is_refused():
+    blocks = [distributed.micro_steps(6, distributed.World(rank=r, size=3)) for r in range(3)]
+    assert [list(b) for b in blocks] == [[0, 1], [2, 3], [4, 5]]
+    with pytest.raises(ValueError, match=r"grad_accum=3 does not divide among 2 processes.*--data.batch-size 8 "
+                                         r"--data.grad-accum 6"):
+        distributed.micro_steps(3, distributed.World(rank=0, size=2), batch_size=16)
+
+
+def test_ranks_after_the_first_draw_their_own_random_numbers_and_rank_0_keeps_the_single_process_ones():
+    draws = []
+    for rank in (0, 1, 2):
+        torch.manual_seed(5)
+        distributed.decorrelate_rng(distributed.World(rank=rank, size=3, parallel="ddp"), seed=5, step=0)
+        draws.append(torch.rand(4))
+    torch.manual_seed(5)
+    assert torch.equal(draws[0], torch.rand(4))
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
+
+
+def test_clrs_train_in_two_processes_splits_the_algorithms_and_logs_the_losses_of_one(tmp_path):
+    from chimera.clrs.train import TrainCLRSConfig, train_clrs
+    from chimera.config import parse_cli
+
+    flags = ["--algorithms", "insertion_sort", "bfs", "--processor", "mpnn", "--hidden", "16", "--steps", "10",
+             "--batch-size", "4", "--eval-every", "100", "--val-samples", "4", "--test-samples", "4", "--test-size",
+             "8", "--run.log-every", "1", "--run.threads", "1"]
+    cfg, _ = parse_cli(TrainCLRSConfig, [*flags, "--run.out-dir", str(tmp_path / "one")], prog="clrs", description="")
+    threads = torch.get_num_threads()
+    try:
+        ref, results = train_clrs(cfg, log=lambda *a: None)
+    finally:
+        torch.set_num_threads(threads)
+    two = _torchrun(flags, tmp_path / "two", command=("clrs", "train"))
+    for key in ("train/loss", "train/loss/insertion_sort", "train/loss/bfs"):
+        _assert_close(_rows(two, key), _rows(ref.path, key), rel=1e-4)
+    assert json.loads((two / "results.json").read_text())["scores"] == results  # the same weights, evaluated
+
+
+def test_learners_without_a_data_parallel_path_refuse_torchrun(monkeypatch, tmp_path):
+    from chimera.config import ConfigError
+    from chimera.posttrain.train import PostTrainConfig
+    from chimera.posttrain.train import train as post_train
+    from chimera.rl.train import RLRunConfig, TrainRLConfig, train_rl
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="train-rl does not run data-parallel yet, and torchrun started 2"):
+        train_rl(TrainRLConfig(run=RLRunConfig(out_dir=str(tmp_path))))
+    with pytest.raises(ConfigError, match="post-train does not run data-parallel yet"):
+        post_train(PostTrainConfig())
+    assert not any(tmp_path.iterdir())  # refused before a run folder was made
+
+
+def test_distill_in_two_processes_logs_the_kl_of_one(one_process, tmp_path):
+    from chimera.compress.distill import DistillConfig, distill
+    from chimera.config import parse_cli
+
+    flags = ["--teacher", str(one_process / "model"), "--student", "tiny", "--steps", "6", "--data.batch-size",
+             "2", "--data.grad-accum", "2", "--optim.warmup-steps", "2", "--run.log-every", "1",
+             "--run.eval-every", "100", "--run.eval-samples", "2", "--run.no-plots", "--run.threads", "1"]
+    cfg, _ = parse_cli(DistillConfig, [*flags, "--run.out-dir", str(tmp_path / "one")], prog="distill",
+                       description="")
+    threads = torch.get_num_threads()
+    try:
+        ref = distill(cfg, log=lambda *a: None)
+    finally:
+        torch.set_num_threads(threads)
+    two = _torchrun(flags, tmp_path / "two", command=("distill",))
+    _assert_close(_rows(two, "losses/train_loss"), _rows(ref.path, "losses/train_loss"), rel=1e-4)
+    _assert_close(_rows(two, "eval/kl"), _rows(ref.path, "eval/kl"), rel=1e-4)
