@@ -135,7 +135,9 @@ def test_train_rl_with_ray_logs_what_in_process_logs_and_survives_a_killed_actor
         return [{k: v for k, v in r.items() if k not in ("time", "charts/SPS")} for r in read_metrics(run.metrics_path)]
 
     ref = rows(train_rl(_tiny_rl(tmp_path / "a", "inprocess"), log=lambda *_: None))
-    assert rows(train_rl(_tiny_rl(tmp_path / "b", "ray"), log=lambda *_: None)) == ref
+    with_ray = rows(train_rl(_tiny_rl(tmp_path / "b", "ray"), log=lambda *_: None))
+    assert all(r.pop("charts/worker_restarts") == 0.0 for r in with_ray)  # only backends that can restart log it
+    assert with_ray == ref
 
     step, calls, logs = RayVectorEnv.step, [], []
 

@@ -193,23 +193,24 @@ def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distribute
         log(f"resumed {resume} at step {start}")
     log(f"run {run.path if run else ''}: {cfg.processor} on {', '.join(cfg.algorithms)}, {cfg.steps} steps"
         + (f", {world.size} processes" if world.distributed else ""))
-    mine = set(cfg.algorithms[world.rank::world.size])
+    mine = cfg.algorithms[world.rank::world.size]
     t0, seen = time.time(), 0
     for step in range(start + 1, cfg.steps + 1):
         # every rank draws every algorithm's batch index, to stay in step
         samplers = {a: train[a][int(rng.integers(len(train[a])))] for a in cfg.algorithms}
         with meter.step():
             opt.zero_grad(set_to_none=True)
-            if world.distributed:  # the sum (checked above): each rank backpropagates its share of the algorithms
+            if cfg.aggregator == "sum":  # one backward per algorithm; under torchrun each rank does its share
                 losses = {}
                 for a in mine:
                     loss, _ = batch_loss(model.nets[a], samplers[a].batch(cfg.batch_size))
                     loss.backward()
                     losses[a] = float(loss.detach())
-                distributed.sum_gradients(model, world)
-                every = torch.tensor([losses.get(a, 0.0) for a in cfg.algorithms], dtype=torch.float64)
-                losses = dict(zip(cfg.algorithms, distributed.all_reduce(every, world).tolist()))
-            else:
+                if world.distributed:
+                    distributed.sum_gradients(model, world)
+                    every = torch.tensor([losses.get(a, 0.0) for a in cfg.algorithms], dtype=torch.float64)
+                    losses = dict(zip(cfg.algorithms, distributed.all_reduce(every, world).tolist()))
+            else:  # the specialised aggregators need every task's gradient on the shared processor
                 task_losses = {a: batch_loss(model.nets[a], sp.batch(cfg.batch_size))[0] for a, sp in samplers.items()}
                 aggregate(task_losses, shared, cfg.aggregator)
                 losses = {a: float(v.detach()) for a, v in task_losses.items()}
