@@ -80,6 +80,8 @@ class SymbolicAgent:
         self.search_spot: tuple[int, int] | None = None
         self.last_attack: tuple[int, int] | None = None
         self.peaceful: dict[int, int] = {}      # monster glyph -> turn until which it is left alone
+        self.looked: dict[tuple[int, int, int], tuple[int, bool]] = {}  # (glyph, y, x) -> (turn, peaceful)
+        self.looking: tuple[int, int, int] | None = None  # a farlook (;) whose answer is on screen now
         self.moving: tuple[tuple[int, int], tuple[int, int]] | None = None  # (from, to) of the last step
         self.move_fails: Counter = Counter()
         self.kicks: Counter = Counter()
@@ -100,6 +102,9 @@ class SymbolicAgent:
         st.update(obs)
         self.watchdog.observe(st)
         self._read_message()
+        if self.looking is not None and not self.queue:  # the farlook answer is the top line: "(peaceful ...)"
+            self.looked[self.looking] = (st.status.turn, "peaceful" in st.screen.split("\n", 1)[0])
+            self.looking = None
         if st.misc[2]:  # --More-- or a menu covers the screen
             self.used["prompt"] += 1
             return prompts.answer(st, self.intent)[0]
@@ -149,8 +154,20 @@ class SymbolicAgent:
         return not any(max(abs(my - y), abs(mx - x)) <= 4 for my, mx, _ in self.hostiles())
 
     def hostiles(self) -> list[tuple[int, int, int]]:
+        """Monsters not known to be peaceful (by a farlook at that spot, or a "Really attack?")."""
         st, turn = self.state, self.state.status.turn
-        return [(y, x, m) for y, x, m in st.monsters() if self.peaceful.get(int(st.glyphs[y, x]), -1) < turn]
+        out = []
+        for y, x, m in st.monsters():
+            g = int(st.glyphs[y, x])
+            t, peaceful = self.looked.get((g, y, x), (-10**9, False))
+            if self.peaceful.get(g, -1) < turn and not (peaceful and turn - t < 30):
+                out.append((y, x, m))
+        return out
+
+    def needs_look(self, y: int, x: int) -> bool:
+        """Whether the monster at (y, x) should be looked at (;) before we attack it."""
+        t, _ = self.looked.get((int(self.state.glyphs[y, x]), y, x), (-10**9, False))
+        return self.state.status.turn - t > 8
 
     def adjacent_hostiles(self) -> list[tuple[int, int, int]]:
         y, x = self.state.pos

@@ -26,6 +26,26 @@ from chimera.nethack.state import OBS_KEYS, Status, text
 AGENTS = ("random", "symbolic")
 
 
+@dataclass
+class EvalArgs:
+    """Play games of NetHack under the NetHack Challenge's rules and score them by median in-game score.
+    NetHackChallenge-v0 cannot be seeded (each game is new); use --env nethack/NetHackScore with --seed
+    for reproducible development runs."""
+
+    agent: str = "symbolic"
+    """random or symbolic."""
+    episodes: int = 16
+    """Games to play."""
+    workers: int = 1
+    """Processes playing games in parallel."""
+    out: str = ""
+    """Write the records and summary as JSON here (empty: print the summary only)."""
+    env: str = "nethack/NetHackChallenge"
+    """nethack/NetHackChallenge (the challenge, unseeded) or a seedable id such as nethack/NetHackScore."""
+    seed: int = 0
+    """First game's seed on a seedable env (game g gets seed + g); also seeds the agents' own choices."""
+
+
 @dataclass(frozen=True)
 class Rules:
     """The challenge's limits (defaults) on one game."""

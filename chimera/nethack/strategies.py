@@ -84,7 +84,8 @@ class Rest(Strategy):
 
 
 class Fight(Strategy):
-    """Melee the adjacent hostile monster (F-direction, so a displaced image is attacked too)."""
+    """Melee the adjacent hostile monster (F-direction, so a displaced image is attacked too), after a
+    farlook shows it is not peaceful."""
 
     name = "fight"
 
@@ -95,8 +96,12 @@ class Fight(Strategy):
         if agent.swallowed():
             return ["F", "k"]
         y, x, _ = agent.adjacent_hostiles()[0]
+        d = direction(agent.state.pos, (y, x))
+        if agent.needs_look(y, x):  # peaceful monsters look like hostile ones; NetHack asks no "Really?"
+            agent.looking = (int(agent.state.glyphs[y, x]), y, x)
+            return [";", d, "."]
         agent.last_attack = (y, x)
-        return ["F", direction(agent.state.pos, (y, x))]
+        return ["F", d]
 
 
 class Eat(Strategy):
