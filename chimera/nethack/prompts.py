@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from chimera.nethack.state import GameState
+from chimera.nethack.state import MENU, GameState
 
 ESC, ENTER = "\x1b", "\r"
-_MENU = re.compile(r"\(end\)|\(\d+ of \d+\)")
+# a question with its choices at the end of the line ("[yn] (n)", "[- abcd or ?*]"): some builds
+# (MiniHack's) do not raise the in_yn_function flag for every such prompt
+_CHOICES = re.compile(r"\[[^\]]{1,40}\]( \(.\))?\s*$")
 
 
 @dataclass
@@ -29,8 +31,9 @@ def answer(state: GameState, intent: Intent | None) -> list[str] | None:
     """The keys that answer the prompt on screen (None when nothing is being asked)."""
     in_yn, in_getlin, waiting = state.misc
     msg = state.message
+    in_yn = in_yn or bool(_CHOICES.search(msg))
     if waiting:
-        return [ESC] if _MENU.search(state.screen) else [ENTER]
+        return [ESC] if MENU.search(state.screen) else [ENTER]
     if in_getlin:
         if intent and intent.kind == "engrave" and "write in the" in msg:
             return [*"Elbereth", ENTER]

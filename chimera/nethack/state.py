@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +12,7 @@ from chimera.nethack import glyphs as G
 from chimera.nethack.level import DungeonMemory, Level
 
 OBS_KEYS = ("glyphs", "blstats", "message", "inv_letters", "inv_oclasses", "inv_strs", "tty_chars", "misc")
+MENU = re.compile(r"\(end\)|\(\d+ of \d+\)")
 # blstats hunger is NetHack's u.uhs
 SATIATED, NOT_HUNGRY, HUNGRY, WEAK, FAINTING = range(5)
 
@@ -74,7 +76,10 @@ class GameState:
         self.status = s = Status.of(obs["blstats"])
         self.message = text(obs["message"])
         self.screen = "\n".join(text(r) for r in obs["tty_chars"]) if "tty_chars" in obs else self.message
-        self.misc = tuple(int(v) for v in obs["misc"]) if "misc" in obs else (0, 0, 0)
+        if "misc" in obs:  # (in a y/n question, in a text line, waiting for a key at --More-- or a menu)
+            self.misc = tuple(int(v) for v in obs["misc"])
+        else:  # MiniHack has no misc key: read the screen
+            self.misc = (0, 0, int("--More--" in self.screen or bool(MENU.search(self.screen))))
         if "inv_letters" in obs:
             self.inventory = [Item(chr(int(c)), int(k), text(n)) for c, k, n in
                               zip(obs["inv_letters"], obs["inv_oclasses"], obs["inv_strs"]) if c]
