@@ -87,6 +87,8 @@ class SymbolicAgent:
         self.kicks: Counter = Counter()
         self.level_turn: dict[tuple[int, int], int] = {}
         self.used: Counter = Counter()           # strategy name -> steps it acted
+        self.went_down: tuple[tuple[int, int], tuple[int, int]] | None = None  # (level, stairs) last taken
+        self.mines_friendly: bool | None = None  # gnomes and dwarves: the Mines are peaceful to them
         self.steps = 0
         self._paths: tuple[int, Paths] | None = None
         self.watchdog.reset()
@@ -100,6 +102,8 @@ class SymbolicAgent:
         self.steps += 1
         st = self.state
         st.update(obs)
+        if self.mines_friendly is None:  # the welcome message names the race
+            self.mines_friendly = "gnom" in st.message or "dwar" in st.message
         self.watchdog.observe(st)
         self._read_message()
         if self.looking is not None and not self.queue:  # the farlook answer is the top line: "(peaceful ...)"
@@ -121,7 +125,7 @@ class SymbolicAgent:
         self._check_move()
         self.level_turn.setdefault((st.status.dnum, st.status.dlevel), st.status.turn)
         if self.watchdog.stalled:
-            keys = [self.rng.choice(list(DIRECTIONS.values()))]
+            keys = [self.random_step()]
             self.used["unstick"] += 1
         else:
             for strategy in self.strategies:
@@ -144,6 +148,15 @@ class SymbolicAgent:
         return {"strategies": dict(self.used), "prayers": len(self.prayers)}
 
     # ---- what the strategies ask ----
+    def random_step(self) -> str:
+        """A random direction that does not walk into a monster (walking into one attacks it)."""
+        st = self.state
+        y, x = st.pos
+        free = [k for (dy, dx), k in DIRECTIONS.items()
+                if 0 <= y + dy < st.glyphs.shape[0] and 0 <= x + dx < st.glyphs.shape[1]
+                and G.MONSTER[st.glyphs[y + dy, x + dx]] < 0]
+        return self.rng.choice(free or ["s"])
+
     def can_pray(self) -> bool:
         t = self.state.status.turn
         return t >= FIRST_PRAYER and t - self.last_prayer >= PRAYER_GAP
@@ -227,6 +240,11 @@ class SymbolicAgent:
         msg, level = self.state.message, self.state.level
         if self.moving and "This door is locked" in msg:
             level.locked.add(self.moving[1])
+        if "Closed for inventory" in msg:  # a shop's door: kicking it in angers the shopkeeper
+            y, x = self.state.pos
+            for p in list(level.locked):
+                if max(abs(p[0] - y), abs(p[1] - x)) <= 1:
+                    level.avoid[p] = True
 
     def _check_move(self) -> None:
         """A step that left us in place, with the target's terrain unchanged, counts as a failure; cells

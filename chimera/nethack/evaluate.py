@@ -69,13 +69,13 @@ def make_env(env_id: str):
     return make(env_id, **kwargs)
 
 
-def make_agent(name: str, actions, seed: int):
+def make_agent(name: str, actions, seed: int, **options):
     from chimera.nethack.agent import RandomAgent, SymbolicAgent
 
     if name == "random":
         return RandomAgent(actions, seed)
     if name == "symbolic":
-        return SymbolicAgent(actions, seed)
+        return SymbolicAgent(actions, seed, **options)
     raise ValueError(f"unknown agent {name!r}; choose one of {', '.join(AGENTS)}")
 
 
@@ -148,10 +148,10 @@ def _count(items) -> dict:
 
 
 def _worker(args: tuple) -> list[dict]:
-    agent_name, env_id, games, seed0, rules, queue = args
+    agent_name, env_id, games, seed0, rules, queue, options = args
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     env = make_env(env_id)
-    agent = make_agent(agent_name, env.unwrapped.actions, seed0)
+    agent = make_agent(agent_name, env.unwrapped.actions, seed0 + games[0], **options)
     seeded = env_id != "nethack/NetHackChallenge"
     for g in games:
         queue.put(play(env, agent, rules, seed=seed0 + g if seeded else None) | {"game": g})
@@ -160,8 +160,10 @@ def _worker(args: tuple) -> list[dict]:
 
 
 def evaluate(agent: str, episodes: int, workers: int = 1, env_id: str = "nethack/NetHackChallenge",
-             seed: int = 0, rules: Rules = Rules(), out: str | None = None, log=print) -> dict:
-    """Play ``episodes`` games in ``workers`` processes; print progress; write and return the results."""
+             seed: int = 0, rules: Rules = Rules(), out: str | None = None, log=print,
+             agent_options: dict | None = None) -> dict:
+    """Play ``episodes`` games in ``workers`` processes; print progress; write and return the results.
+    ``agent_options`` go to the agent's constructor (e.g. ``dive_margin`` for the symbolic agent)."""
     if agent not in AGENTS:
         raise ValueError(f"unknown agent {agent!r}; choose one of {', '.join(AGENTS)}")
     if episodes < 1 or workers < 1:
@@ -172,7 +174,8 @@ def evaluate(agent: str, episodes: int, workers: int = 1, env_id: str = "nethack
     parts = [list(range(w, episodes, workers)) for w in range(workers)]
     t0, records = time.monotonic(), []
     with ctx.Pool(workers) as pool:
-        result = pool.map_async(_worker, [(agent, env_id, p, seed, rules, queue) for p in parts])
+        result = pool.map_async(_worker, [(agent, env_id, p, seed, rules, queue, agent_options or {})
+                                             for p in parts])
         while len(records) < episodes:
             try:
                 records.append(queue.get(timeout=5))
@@ -188,7 +191,8 @@ def evaluate(agent: str, episodes: int, workers: int = 1, env_id: str = "nethack
         result.get()
     log("")
     records.sort(key=lambda r: r["game"])
-    res = {"agent": agent, "env": env_id, "rules": asdict(rules), "seedable": env_id != "nethack/NetHackChallenge",
+    res = {"agent": agent, "agent_options": agent_options or {}, "env": env_id,
+           "rules": asdict(rules), "seedable": env_id != "nethack/NetHackChallenge",
            "wall_seconds": time.monotonic() - t0, "episodes": records, "summary": summary(records)}
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ class Level:
     locked: set[tuple[int, int]] = field(default_factory=set)   # doors that said "This door is locked"
     corpses: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)  # pos -> (monster, turn)
     stairs_down: set[tuple[int, int]] = field(default_factory=set)
+    shunned_stairs: set[tuple[int, int]] = field(default_factory=set)  # lead into the Gnomish Mines
 
     def update(self, glyphs: np.ndarray, y: int, x: int) -> None:
         """Fold one observation in: terrain where it is visible, things on top keep what was under them."""
@@ -39,7 +40,15 @@ class Level:
         for pos in list(self.corpses):
             if G.CORPSE[glyphs[pos]] < 0 and G.MONSTER[glyphs[pos]] < 0:
                 del self.corpses[pos]  # eaten, rotted away or picked up
-        self.stairs_down.update(zip(*np.nonzero(self.terrain == G.STAIRS_DOWN)))
+        self.stairs_down.update((int(a), int(b)) for a, b in zip(*np.nonzero(self.terrain == G.STAIRS_DOWN)))
+        self.stairs_down -= self.shunned_stairs
+
+    def down_targets(self) -> np.ndarray:
+        """Down stairs the agent is willing to take."""
+        t = self.terrain == G.STAIRS_DOWN
+        for p in self.shunned_stairs:
+            t[p] = False
+        return t
 
     def walkable(self) -> np.ndarray:
         """Cells a path may cross (closed doors included: walking into one opens it)."""

@@ -104,6 +104,31 @@ class Fight(Strategy):
         return ["F", d]
 
 
+class Approach(Strategy):
+    """A hostile we can take, a few steps away, with HP to spare: close in (archers and wand users do not
+    come to us, and kills are experience points)."""
+
+    name = "approach"
+    RANGE = 6
+
+    def applies(self, agent):
+        s = agent.state.status
+        return s.hp * 3 >= s.hpmax * 2 and bool(self._targets(agent))
+
+    def _targets(self, agent):
+        y, x = agent.state.pos
+        xl = agent.state.status.xl
+        return [(my, mx) for my, mx, m in agent.hostiles()
+                if max(abs(my - y), abs(mx - x)) <= self.RANGE and 0 <= m < nh.NUMMONS
+                and not K.avoid_melee(m) and nh.permonst(m).difficulty <= xl + 3]
+
+    def act(self, agent):
+        near = np.zeros(agent.state.level.terrain.shape, bool)
+        for my, mx in self._targets(agent):  # cells next to the monster: it blocks its own cell
+            near[max(0, my - 1):my + 2, max(0, mx - 1):mx + 2] = True
+        return agent.step_toward(near, max_dist=self.RANGE + 2)
+
+
 class Eat(Strategy):
     """Hungry: a fresh safe corpse on this square or close by, else permanent food from the pack."""
 
@@ -146,10 +171,31 @@ class Descend(Strategy):
 
     def act(self, agent):
         st = agent.state
-        if st.level.terrain[st.pos] == G.STAIRS_DOWN:
+        targets = st.level.down_targets()
+        if targets[st.pos]:
+            agent.went_down = ((st.status.dnum, st.status.dlevel), st.pos)
             return [">"]
-        targets = st.level.terrain == G.STAIRS_DOWN
         return agent.step_toward(targets)
+
+
+class LeaveMines(Strategy):
+    """Just arrived in the Gnomish Mines, not as a gnome or dwarf (whom its inhabitants leave in peace):
+    go back up and shun those stairs. Its crowds of armed gnomes and dwarves kill most low-level heroes."""
+
+    name = "leave_mines"
+    MINES = 2  # NetHack's dungeon number of the Gnomish Mines
+
+    def applies(self, agent):
+        st = agent.state
+        # just down the stairs (the hero's glyph hides the up stairs under it, so go by the move made)
+        return (st.status.dnum == self.MINES and agent.went_down is not None and not agent.mines_friendly
+                and agent.went_down[0] != (st.status.dnum, st.status.dlevel))
+
+    def act(self, agent):
+        key, pos = agent.went_down
+        agent.state.memory.levels[key].shunned_stairs.add(pos)
+        agent.went_down = None
+        return ["<"]
 
 
 class Explore(Strategy):
@@ -206,11 +252,12 @@ class Wander(Strategy):
     name = "wander"
 
     def act(self, agent):
-        return [agent.rng.choice(list(DIRECTIONS.values()))]
+        return [agent.random_step()]
 
 
 def default_strategies() -> list[Strategy]:
-    return [Pray(), Elbereth(), Fight(), Eat(), Rest(), Descend(), Explore(), Search(), Wander()]
+    return [Pray(), Elbereth(), Fight(), LeaveMines(), Eat(), Rest(), Approach(), Descend(), Explore(), Search(),
+            Wander()]
 
 
 __all__ = ["FIRST_PRAYER", "KICK_KEY", "PRAYER_GAP", "Strategy", "default_strategies"]
