@@ -16,6 +16,7 @@ NO_MELEE = ("floating eye", "gas spore", "brown mold", "yellow mold", "green mol
 BAD_CORPSES = ("cockatrice", "chickatrice", "Medusa", "green slime", "bat", "violet fungus", "Death", "Famine",
                "Pestilence", "lizard")  # lizard is safe but better kept for later; not worth a turn here
 CORPSE_FRESH_TURNS = 30
+S_HUMAN = 53  # the monster class of "@" (monsym.h; permonst.mlet holds it as a one-character string)
 # permanent food: never rots, safe to carry (eggs can be cockatrice eggs, tins take long to open)
 NOT_PERMANENT = ("corpse", "egg", "tin")
 
@@ -41,3 +42,12 @@ def safe_corpse(index: int, turn_killed: int, turn: int) -> bool:
 
 def permanent_food(item_name: str) -> bool:
     return not any(w in item_name for w in NOT_PERMANENT)
+
+
+def ignores_elbereth(index: int) -> bool:
+    """Humans (and elves, '@') and minotaurs are not scared by an engraved Elbereth; nor are shopkeepers,
+    guards and priests, who are '@' too."""
+    if not 0 <= index < nh.NUMMONS:
+        return False
+    pm = nh.permonst(index)
+    return ord(pm.mlet) == S_HUMAN or pm.mname == "minotaur"

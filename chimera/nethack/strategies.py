@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 PRAY_KEY, KICK_KEY = chr(nh.Command.PRAY), chr(nh.Command.KICK)
 PRAYER_GAP = 1000   # turns between prayers: the timeout after one is rnz(350), rarely above this
-FIRST_PRAYER = 300  # the timeout starts at 300; a major trouble is fixed below 200, so wait a little
+FIRST_PRAYER = 120  # the timeout starts at 300, falls by one a turn, and a major trouble is fixed below 200
 
 
 class Strategy:
@@ -52,13 +52,17 @@ class Pray(Strategy):
 
 
 class Elbereth(Strategy):
-    """Low HP with a hostile next to us and no prayer left: write Elbereth in the dust and rest on it."""
+    """Low HP with a hostile next to us and no prayer left: write Elbereth in the dust and rest on it
+    until HP is back to two thirds (humans and minotaurs ignore it: those we fight)."""
 
     name = "elbereth"
 
     def applies(self, agent):
         s = agent.state.status
-        return s.hp * 3 < s.hpmax and bool(agent.adjacent_hostiles())
+        on_it = agent.engraved.get(agent.state.pos, -10**9) >= s.turn - 40
+        low = s.hp * 3 < s.hpmax or (on_it and s.hp * 3 < s.hpmax * 2)
+        near = agent.adjacent_hostiles()
+        return low and bool(near) and not any(K.ignores_elbereth(m) for _, _, m in near)
 
     def act(self, agent):
         s = agent.state.status
