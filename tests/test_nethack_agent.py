@@ -206,3 +206,17 @@ def test_eval_summary_matches_a_hand_computation(tmp_path):
     assert all(set(r) >= {"score", "turns", "steps", "max_depth", "xl", "role", "end"} for r in recs)
     assert summary(recs) == {**s, "mean_cpu_seconds": pytest.approx(s["mean_cpu_seconds"])}
     assert np.isfinite(s["mean_cpu_seconds"])
+
+
+def test_cli_nethack_eval_writes_records_and_summary(tmp_path, capsys):
+    import json
+
+    from chimera.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["nethack", "eval", "--agent", "random", "--episodes", "2", "--env", "nethack/NetHackScore",
+                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["seedable"] and len(res["episodes"]) == 2 and res["summary"]["games"] == 2
+    assert main(["nethack", "eval", "--agent", "neural", "--episodes", "1"]) == 2
+    assert "unknown agent 'neural'" in capsys.readouterr().err
