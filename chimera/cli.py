@@ -498,6 +498,30 @@ def cmd_compress(argv: list[str]) -> int:
     return 0
 
 
+NETHACK_USAGE = """usage: chimera nethack ACTION [OPTIONS]
+
+  chimera nethack eval [OPTIONS]   play games under the NetHack Challenge's rules; median score, depths, ends
+Run `chimera nethack eval --help` for options."""
+
+
+def cmd_nethack(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(NETHACK_USAGE)
+        raise SystemExit(0)
+    action, rest = argv[0], argv[1:]
+    if action == "eval":
+        import json
+
+        from chimera.nethack.evaluate import EvalArgs, evaluate
+
+        args = tyro.cli(EvalArgs, args=rest, prog="chimera nethack eval")
+        res = evaluate(args.agent, args.episodes, args.workers, args.env, args.seed, out=args.out or None,
+                       log=lambda s, end="\n": print(s, end=end, file=sys.stderr, flush=True))
+        print(json.dumps(res["summary"], indent=1))
+        return 0
+    raise ConfigError(f"unknown nethack action {action!r}\n\n{NETHACK_USAGE}")
+
+
 def _human(n: int) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= div:
@@ -518,6 +542,7 @@ COMMANDS = {
     "prune": (cmd_prune, "prune a checkpoint by Minitron activation importance (width, depth, experts)"),
     "distill": (cmd_distill, "distil a teacher checkpoint into a student by logit KL (train-lm loop)"),
     "compress": (cmd_compress, "search pruned shapes under a parameter / memory budget, distil the best"),
+    "nethack": (cmd_nethack, "NetHack Challenge evaluation of the random / symbolic agents (median score)"),
     "report": (cmd_report, "plot a run's metrics and print their last values"),
 }
 
