@@ -47,6 +47,7 @@ TOY = {
     ("prune",): ["--calib-samples", "8"],
     ("distill",): ["--steps", "2", "--run.eval-every", "2", "--run.eval-samples", "4"],
     ("compress",): ["--score-steps", "1", "--distill-steps", "1", "--calib-samples", "8", "--eval-samples", "4"],
+    ("nethack", "eval"): ["--episodes", "2"],
     ("clrs", "train"): ["--steps", "2", "--batch-size", "4", "--val-samples", "4", "--test-samples", "4",
                         "--eval-every", "2"],
 }
@@ -55,14 +56,19 @@ RUN_NAME = re.compile(r"^runs/(?P<name>[a-z0-9-]+?)-\d{8}-\d{6}(?P<rest>/.*)?$")
 TIMEOUT = 600
 
 
+TORCHRUN = ".venv/bin/torchrun"
+
+
 @dataclass(frozen=True)
 class Command:
     line: int
     argv: tuple[str, ...]
+    launcher: tuple[str, ...] = ()
+    """torchrun's own flags, for a line that runs chimera under torchrun."""
 
     @property
     def id(self) -> str:
-        return f"L{self.line}:" + " ".join(self.argv)[:60]
+        return f"L{self.line}:" + ("torchrun " if self.launcher else "") + " ".join(self.argv)[:60]
 
 
 def readme_blocks(text: str) -> list[tuple[str, int, list[str]]]:
@@ -97,6 +103,13 @@ def readme_commands(text: str) -> list[Command]:
             words, pending = shlex.split(pending, comments=True), ""
             if not words:
                 continue
+            if words[0] == TORCHRUN:
+                assert "chimera" in words, (
+                    f"README.md line {first}: a torchrun line must run `-m chimera ...`")
+                at = words.index("chimera")
+                assert words[at - 1] == "-m", f"README.md line {first}: expected `-m chimera`"
+                commands.append(Command(first, tuple(words[at + 1:]), tuple(words[1:at - 1])))
+                continue
             if words[0] != PREFIX:
                 assert shlex.join(words) in NOT_RUN, (
                     f"README.md line {first}: {shlex.join(words)!r} is neither a `{PREFIX}` command nor listed in "
@@ -120,7 +133,7 @@ def test_the_readme_has_commands_of_every_kind():
     kinds = {c.argv[0] for c in COMMANDS}
     assert {"train-lm", "train-rl", "eval-rl", "generate", "post-train", "serve", "clrs", "prune"} <= kinds
     for c in COMMANDS:  # every kind that trains or samples is shrunk here, or it would run for minutes
-        assert c.argv[0] in {"envs", "models", "report", "serve", "clrs"} or any(
+        assert c.argv[0] in {"envs", "models", "report", "serve", "clrs", "nethack"} or any(
             c.argv[: len(k)] == k for k in TOY), f"no toy budget for README line {c.line}: {c.argv[0]}"
 
 
@@ -213,7 +226,8 @@ def test_readme_command_runs_as_written(cmd: Command, workspace: Path):
     if argv[0] == "serve":
         assert _serve_and_ask(argv, workspace).strip()
         return
-    out = subprocess.run([sys.executable, "-m", "chimera", *argv], cwd=workspace, env=_env(), capture_output=True,
+    launch = [sys.executable, "-m", "torch.distributed.run", *cmd.launcher] if cmd.launcher else [sys.executable]
+    out = subprocess.run([*launch, "-m", "chimera", *argv], cwd=workspace, env=_env(), capture_output=True,
                          text=True, timeout=TIMEOUT)
     assert out.returncode == 0, (f"README line {cmd.line}: chimera {' '.join(argv)} exited {out.returncode}\n"
                                  f"--- stdout\n{out.stdout[-3000:]}\n--- stderr\n{out.stderr[-3000:]}")
