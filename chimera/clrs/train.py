@@ -28,7 +28,7 @@ from chimera.clrs.model import (
     targets,
     to_feature,
 )
-from chimera.clrs.samplers import TRAIN_SIZES, Batch, Sampler, unknown_algorithm
+from chimera.clrs.samplers import TRAIN_SIZES, Batch, Sampler, pred_as_input, randomize_pos, unknown_algorithm
 from chimera.clrs.specs import SPECS, Type
 from chimera.config import to_dict
 from chimera.runs import Run, RunSettings, rng_state, seed_everything, set_rng_state
@@ -60,6 +60,15 @@ class TrainCLRSConfig:
     batch_size: int = 32
     lr: float = 1e-3
     grad_clip: float = 1.0
+    """Gradient clipping (the paper's sec. 3.2): the global gradient norm is clipped to this."""
+    random_pos: bool = True
+    """Randomised position scalar (sec. 3.1) on training and validation batches (never on the test)."""
+    static_hints_as_inputs: bool = True
+    """Static hint elimination (sec. 3.1): a constant pred_h hint is given as the input pred."""
+    encoder_init: str = "xavier_on_scalars"
+    """Encoder initialisation (sec. 3.2): xavier_on_scalars or default."""
+    hint_teacher_forcing: float = 0.0
+    """Probability of feeding back a true hint instead of the predicted one (the paper removes teacher forcing)."""
     train_sizes: tuple[int, ...] = TRAIN_SIZES
     eval_every: int = 500
     """Steps between validation (n = 16); the best validation score's weights are kept."""
@@ -75,8 +84,12 @@ class TrainCLRSConfig:
         if unknown:
             raise ValueError(unknown_algorithm(unknown[0]) if len(unknown) == 1 else
                              f"unknown CLRS algorithm(s) {unknown}; `chimera clrs list` prints the 30 names")
-        if self.processor not in ("mpnn", "pgn", "triplet_gmpnn"):
-            raise ValueError(f"processor {self.processor!r}: choose mpnn, pgn or triplet_gmpnn")
+        self.model().validate()
+
+    def model(self) -> ModelConfig:
+        return ModelConfig(processor=self.processor, hidden=self.hidden,
+                           static_hints_as_inputs=self.static_hints_as_inputs, encoder_init=self.encoder_init,
+                           hint_teacher_forcing=self.hint_teacher_forcing)
 
 
 class Learner(nn.Module):
@@ -101,9 +114,15 @@ def features(batch: Batch) -> tuple[dict[str, Feature], dict[str, Feature], dict
     return inputs, first, {k: f.data for k, f in hint_steps.items()}
 
 
+def prepared(net: EncodeProcessDecode, batch: Batch) -> Batch:
+    """The batch as ``net`` reads it (static hints moved to the inputs when its spec does)."""
+    return pred_as_input(batch) if net.cfg.static_hints_as_inputs else batch
+
+
 def batch_loss(net: EncodeProcessDecode, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    batch = prepared(net, batch)
     inputs, first, hint_truth = features(batch)
-    outputs, hint_preds = net(batch, inputs, first)
+    outputs, hint_preds = net(batch, inputs, first, hint_truth)
     tgt = targets(batch)
     out_loss = sum(feature_loss(net.dspec[k][2], outputs[k], f.data) for k, f in tgt.items())
     lengths = torch.as_tensor(batch.lengths)
@@ -123,6 +142,7 @@ def evaluate(net: EncodeProcessDecode, batches: list[Batch]) -> dict[str, float]
     net.eval()
     totals: dict[str, list[float]] = {}
     for b in batches:
+        b = prepared(net, b)
         inputs, first, _ = features(b)
         outputs, _ = net(b, inputs, first)
         for k, v in score(b, output_predictions(net.dspec, outputs)).items():
@@ -148,8 +168,11 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
              for i, a in enumerate(cfg.algorithms)}  # the matchers train at the largest size only, as the benchmark
     val = {a: Sampler(a, 16 * 5 // 4 if a in MATCHERS else 16, cfg.val_samples, 2 + i)
            for i, a in enumerate(cfg.algorithms)}
+    val_batches = {a: [randomize_pos(b, np.random.default_rng(k)) if cfg.random_pos else b
+                       for k, b in enumerate(val[a].all(32))] for a in cfg.algorithms}  # fixed across evaluations
+    pos_rng = np.random.default_rng(cfg.run.seed + 1)
     cats = {a: categories(a, val[a].batch(2)) for a in cfg.algorithms}
-    model = Learner(cfg.algorithms, ModelConfig(processor=cfg.processor, hidden=cfg.hidden), cats)
+    model = Learner(cfg.algorithms, cfg.model(), cats)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
     start, best = 0, {"score": -1.0, "step": 0, "state": None}
@@ -166,6 +189,8 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
         losses = {}
         for a in cfg.algorithms:
             batch = train[a][int(rng.integers(len(train[a])))].batch(cfg.batch_size)
+            if cfg.random_pos:
+                batch = randomize_pos(batch, pos_rng)
             loss, _ = batch_loss(model.nets[a], batch)
             loss.backward()
             losses[a] = float(loss.detach())
@@ -179,7 +204,7 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
             log(f"step {step:>6}/{cfg.steps}  loss {np.mean(list(losses.values())):.3f}  {rate:.2f} steps/s  "
                 f"eta {(cfg.steps - step) / max(rate, 1e-9) / 60:.1f} min")
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            scores = {a: evaluate(model.nets[a], val[a].all(32))["score"] for a in cfg.algorithms}
+            scores = {a: evaluate(model.nets[a], val_batches[a])["score"] for a in cfg.algorithms}
             mean = float(np.mean(list(scores.values())))
             run.log(step, {"val/score": mean, **{f"val/score/{a}": v for a, v in scores.items()}})
             if mean > best["score"]:
@@ -193,7 +218,7 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
     results = {}
     for i, a in enumerate(cfg.algorithms):
         test = Sampler(a, cfg.test_size, cfg.test_samples, 3 + i)
-        results[a] = {"val": evaluate(model.nets[a], val[a].all(32))["score"],
+        results[a] = {"val": evaluate(model.nets[a], val_batches[a])["score"],
                       "test": evaluate(model.nets[a], test.all(4))["score"]}
     (run.path / "results.json").write_text(json.dumps({"best_step": best["step"], "scores": results}, indent=1))
     log(f"\n{'algorithm':<32}{'val (n=16)':>12}{'test (n=' + str(cfg.test_size) + ')':>14}")
