@@ -12,6 +12,10 @@ Processors (all with max aggregation, a 2-layer message MLP, layer norm):
 pointers), ``triplet_gmpnn`` (fully connected, triplet edge messages, gating whose last layer
 starts at bias -3). Sorting outputs that must be permutations are decoded as a permutation
 matrix (Gumbel-Sinkhorn while training) plus a mask of the first node.
+
+The step is computed fused (docs/CLRS.md): all the layers that read one input run as one matmul,
+and the edge features stay in factored form (raw edge inputs times the encoders' weights) because
+everything that reads them is linear. tests/clrs_reference.py is the plain formulation it must equal.
 """
 
 from __future__ import annotations
@@ -35,18 +39,20 @@ class ModelConfig:
     """The learner's options; the defaults are the generalist paper's (Ibarz et al. 2022)."""
 
     processor: Literal["mpnn", "pgn", "triplet_gmpnn"] = "triplet_gmpnn"
-    """triplet_gmpnn: triplet reasoning and gating (sec. 3.3); mpnn / pgn without either."""
+    """triplet_gmpnn: triplet reasoning and gating (the paper's processor networks); mpnn / pgn without either."""
     hidden: int = 128
     triplet_features: int = 8
     layer_norm: bool = True
     sinkhorn_steps: int = 10
-    """Permutation decoders (sec. 3.2): Sinkhorn steps while training (25, noiseless, for fed-back hints)."""
+    """Permutation decoders (encoders and decoders): Sinkhorn steps while training (25, noiseless, for hints
+    fed back)."""
     sinkhorn_temperature: float = 0.1
     static_hints_as_inputs: bool = True
-    """Static hint elimination (sec. 3.1): the constant pred_h hint of 12 algorithms is an input instead."""
+    """Static hint elimination (dataset and training): the constant pred_h hint of 12 algorithms is an input instead."""
     encoder_init: Literal["xavier_on_scalars", "default"] = "xavier_on_scalars"
-    """Encoder initialisation (sec. 3.2): the official (haiku) truncated normal of std 1/sqrt(fan_in), except
-    scalar hints' encoders at std 1/sqrt(hidden) with xavier_on_scalars (gradient clipping: train.py)."""
+    """Encoder initialisation (dataset and training): the official (haiku) truncated normal of std
+    1/sqrt(fan_in), except scalar hints' encoders at std 1/sqrt(hidden) with xavier_on_scalars (gradient
+    clipping: train.py)."""
     hint_teacher_forcing: float = 0.0
     """Probability, per sample and step while training, of feeding back the true hint instead of the model's
     soft prediction (the paper removes teacher forcing: 0)."""

@@ -204,8 +204,8 @@ def collate(algorithm: str, trajectories: list[dict], min_steps: int = 0) -> Bat
     return Batch(algorithm, groups[Stage.INPUT], groups[Stage.HINT], groups[Stage.OUTPUT], lengths)
 
 
-# Static hint elimination (Ibarz et al. 2022, sec. 3.1): in these algorithms the node-pointer hint pred_h is the
-# same at every step (a fixed order of the nodes), so it is given once as the input ``pred`` instead.
+# Static hint elimination (Ibarz et al. 2022, dataset and training): in these algorithms the node-pointer
+# hint pred_h is the same at every step (a fixed order of the nodes), so it is given once as the input ``pred``.
 PRED_AS_INPUT = ("binary_search", "minimum", "find_maximum_subarray", "find_maximum_subarray_kadane",
                  "matrix_chain_order", "lcs_length", "optimal_bst", "activity_selector", "task_scheduling",
                  "naive_string_matcher", "kmp_matcher", "jarvis_march")
@@ -236,8 +236,9 @@ def pred_as_input(batch: Batch) -> Batch:
 
 
 def randomize_pos(batch: Batch, rng: np.random.Generator) -> Batch:
-    """Randomised position scalar (Ibarz et al. 2022, sec. 3.1): ``pos`` (i / n, restarting at 0 where a second
-    string begins) replaced by sorted uniform draws per segment, so that a learner cannot overfit to the spacing."""
+    """Randomised position scalar (Ibarz et al. 2022, encoders and decoders): ``pos`` (i / n, restarting at 0
+    where a second string begins) replaced by sorted uniform draws per segment, so that a learner cannot
+    overfit to the spacing."""
     pos = batch.inputs["pos"].data
     B, n = pos.shape
     draws = rng.uniform(size=(B, n))

@@ -60,13 +60,13 @@ class TrainCLRSConfig:
     batch_size: int = 32
     lr: float = 1e-3
     grad_clip: float = 1.0
-    """Gradient clipping (the paper's sec. 3.2): the global gradient norm is clipped to this."""
+    """Gradient clipping (the paper's dataset and training section): the global gradient norm is clipped to this."""
     random_pos: bool = True
-    """Randomised position scalar (sec. 3.1) on training and validation batches (never on the test)."""
+    """Randomised position scalar (encoders and decoders) on training and validation batches (never on the test)."""
     static_hints_as_inputs: bool = True
-    """Static hint elimination (sec. 3.1): a constant pred_h hint is given as the input pred."""
+    """Static hint elimination (dataset and training): a constant pred_h hint is given as the input pred."""
     encoder_init: str = "xavier_on_scalars"
-    """Encoder initialisation (sec. 3.2): xavier_on_scalars or default."""
+    """Encoder initialisation (dataset and training): xavier_on_scalars or default."""
     hint_teacher_forcing: float = 0.0
     """Probability of feeding back a true hint instead of the predicted one (the paper removes teacher forcing)."""
     train_sizes: tuple[int, ...] = TRAIN_SIZES
