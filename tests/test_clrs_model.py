@@ -113,7 +113,7 @@ def test_fused_learner_matches_the_reference_loss_and_gradients(processor, algo)
     assert torch.allclose(loss_f, loss_r, rtol=1e-5, atol=1e-5)
     assert grad_f.keys() == grad_r.keys()
     for k in grad_r:
-        assert torch.allclose(grad_f[k], grad_r[k], rtol=1e-4, atol=1e-5), (k, (grad_f[k] - grad_r[k]).abs().max())
+        assert torch.allclose(grad_f[k], grad_r[k], rtol=1e-5, atol=1e-5), (k, (grad_f[k] - grad_r[k]).abs().max())
 
 
 def test_static_hint_elimination_turns_the_constant_pred_h_into_an_input():
