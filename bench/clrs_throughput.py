@@ -207,9 +207,53 @@ def profile_step(net, params, opt, batch, top: int = 12) -> list[dict]:
              "calls": e.count, "gflop": (e.flops or 0) / 1e9} for e in rows[:top]]
 
 
+def report(result: dict, key: str) -> str:
+    """results/clrs_throughput.md: the learner table (before = the reference learner, after = the current one)."""
+    r = result[key]
+    peak = r["matmul_peak_flops"]
+    lines = [f"# CLRS learner throughput (hidden {r['hidden']}, batch {r['batch']}, {r['threads']} thread)", "",
+             "Written by `bench/clrs_throughput.py --part learner`. Steps are full training steps (loss, backward, "
+             "clip, Adam) over one batch at each train size (n = " + ", ".join(map(str, r["train_sizes"])) + "), best "
+             "of the rounds; before = tests/clrs_reference.py (the unfused learner), after = chimera.clrs.model. "
+             "The machine is shared, so absolute numbers move with its load; before and after ran in one process, "
+             "interleaved.", "",
+             f"Matmul peak (fp32, 2048^3): {peak['1_threads'] / 1e9:.0f} GFLOP/s on 1 thread, "
+             f"{peak['2_threads'] / 1e9:.0f} on 2.", "",
+             "| algorithm | processor | steps/s before | steps/s after | speedup | n=16 before | n=16 after "
+             "| GFLOP/step before | after | GFLOP/s before | after |", "|" + "---|" * 11]
+    steps = r["steps"]
+    for k in steps:
+        if not k.startswith("current/"):
+            continue
+        _, a, proc = k.split("/")
+        new, old = steps[k], steps.get(f"reference/{a}/{proc}")
+        if old is None:
+            continue
+        lines.append(f"| {a} | {proc} | {old['steps_per_s_mixed']:.2f} | {new['steps_per_s_mixed']:.2f} | "
+                     f"{new['steps_per_s_mixed'] / old['steps_per_s_mixed']:.2f}x | {old['steps_per_s_n16']:.2f} | "
+                     f"{new['steps_per_s_n16']:.2f} | {old['gflop_per_step_mixed']:.1f} | "
+                     f"{new['gflop_per_step_mixed']:.1f} | {old['flops_per_s_mixed'] / 1e9:.1f} | "
+                     f"{new['flops_per_s_mixed'] / 1e9:.1f} |")
+    lines += ["", "Processor step alone (forward + backward, n = 16, dense edge features of width h):", "",
+              "| processor | ms before | ms after | GFLOP | GFLOP/s after | share of the 1-thread peak |",
+              "|---|---|---|---|---|---|"]
+    ps = r["processor_step"]
+    for proc in PROCS:
+        new, old = ps.get(f"current/{proc}"), ps.get(f"reference/{proc}")
+        if new and old:
+            lines.append(f"| {proc} | {old['ms']:.1f} | {new['ms']:.1f} | {new['gflop']:.2f} | "
+                         f"{new['flops_per_s'] / 1e9:.1f} | {100 * new['fraction_of_peak']:.0f}% |")
+    if "profile" in r:
+        lines += ["", "Top ops by self CPU time in one triplet_gmpnn step at n = 16 (after):", ""]
+        for a, rows in r["profile"].items():
+            lines.append(f"- {a}: " + ", ".join(f"{x['op']} {100 * x['share']:.0f}%" for x in rows[:6]))
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["sampler", "learner"], required=True)
+    ap.add_argument("--part", choices=["sampler", "learner", "report"], required=True,
+                    help="report: rewrite results/clrs_throughput.md from the JSON's --key")
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=2, help="timed passes over the five train sizes")
     ap.add_argument("--threads", type=int, default=1)
@@ -223,10 +267,13 @@ def main() -> None:
     result = json.loads(path.read_text()) if path.exists() else {}
     if a.part == "sampler":
         result["sampler"] = bench_sampler(16, a.samples)
-    else:
+    elif a.part == "learner":
         result[a.key] = bench_learner(a.rounds, a.hidden, a.batch, a.threads, a.profile)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    if a.part != "report":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+    if a.key in result and a.part != "sampler":
+        path.with_suffix(".md").write_text(report(result, a.key))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from chimera.clrs.model import PROCESSORS, Feature, ModelConfig, decoded_spec
-from chimera.clrs.samplers import Batch
-from chimera.clrs.specs import SPECS, Location, Stage, Type
+from chimera.clrs.samplers import Batch, model_spec
+from chimera.clrs.specs import Location, Stage, Type
 
 
 def log_sinkhorn(x: torch.Tensor, steps: int, temperature: float, noise: bool) -> torch.Tensor:
@@ -112,7 +112,7 @@ class EncodeProcessDecode(nn.Module):
         super().__init__()
         self.algorithm, self.cfg = algorithm, cfg
         h = cfg.hidden
-        self.spec = SPECS[algorithm]
+        self.spec = model_spec(algorithm, cfg.static_hints_as_inputs)
         self.encoders = nn.ModuleDict()
         for name, (stage, loc, t) in self.spec.items():
             if stage == Stage.OUTPUT:
@@ -122,7 +122,7 @@ class EncodeProcessDecode(nn.Module):
                 self.encoders[name + "@2"] = nn.Linear(1, h)
         self.processor = Processor(cfg.processor, h, cfg.triplet_features, cfg.layer_norm)
         e = 2 * h if cfg.processor == "triplet_gmpnn" else h
-        self.dspec = decoded_spec(algorithm)
+        self.dspec = decoded_spec(self.spec)
         self.decoders = nn.ModuleDict({name: Decoder(loc, t, h, e, cats.get(name, 1))
                                        for name, (_, loc, t) in self.dspec.items()})
 
@@ -161,8 +161,9 @@ class EncodeProcessDecode(nn.Module):
             return Feature(loc, t, log_sinkhorn(logits, 25, self.cfg.sinkhorn_temperature, False).exp())
         return Feature(loc, t, logits)
 
-    def forward(self, batch: Batch, inputs: dict[str, Feature], first_hints: dict[str, Feature]):
-        """-> (output logits at each sample's last step, hint logits per step (list over steps))."""
+    def forward(self, batch: Batch, inputs: dict[str, Feature], first_hints: dict[str, Feature], hint_truth=None):
+        """-> (output logits at each sample's last step, hint logits per step (list over steps)); no teacher
+        forcing (hint_truth is not read)."""
         B, n, h = batch.size, batch.num_nodes, self.cfg.hidden
         steps = max(1, int(batch.lengths.max()) - 1)
         lengths = torch.as_tensor(batch.lengths)

@@ -16,9 +16,9 @@ from chimera.clrs.model import (
     score,
     targets,
 )
-from chimera.clrs.samplers import Sampler, sample_inputs
+from chimera.clrs.samplers import Sampler, pred_as_input, randomize_pos, sample_inputs
 from chimera.clrs.specs import CLRS_30_ALGS
-from chimera.clrs.train import CLRSRunConfig, TrainCLRSConfig, batch_loss, features, train_clrs
+from chimera.clrs.train import CLRSRunConfig, TrainCLRSConfig, batch_loss, features, prepared, train_clrs
 from tests import clrs_reference
 
 
@@ -113,7 +113,59 @@ def test_fused_learner_matches_the_reference_loss_and_gradients(processor, algo)
     assert torch.allclose(loss_f, loss_r, rtol=1e-5, atol=1e-5)
     assert grad_f.keys() == grad_r.keys()
     for k in grad_r:
-        assert torch.allclose(grad_f[k], grad_r[k], rtol=1e-4, atol=1e-5), (k, (grad_f[k] - grad_r[k]).abs().max())
+        assert torch.allclose(grad_f[k], grad_r[k], rtol=1e-5, atol=1e-5), (k, (grad_f[k] - grad_r[k]).abs().max())
+
+
+def test_static_hint_elimination_turns_the_constant_pred_h_into_an_input():
+    batch = Sampler("minimum", 6, 2, seed=0).batch(2)
+    moved = pred_as_input(batch)
+    assert "pred" in moved.inputs and "pred_h" not in moved.hints
+    assert np.array_equal(moved.inputs["pred"].data, batch.hints["pred_h"].data[0])
+    net = EncodeProcessDecode("minimum", ModelConfig(hidden=8), {})
+    assert net.spec["pred"][0] == "input" and "pred_h" not in net.dspec and "pred" in net.encoders
+    assert "pred_h" in EncodeProcessDecode("minimum", ModelConfig(hidden=8, static_hints_as_inputs=False), {}).dspec
+    assert torch.isfinite(batch_loss(net, batch)[0])
+    assert pred_as_input(Sampler("insertion_sort", 5, 1, seed=0).batch(1)).hints.keys() >= {"pred_h"}  # it moves
+    batch.hints["pred_h"].data[-1, 0, 0] += 1  # a pred_h that changes cannot be an input
+    with pytest.raises(ValueError, match="pred_h changes along sample 0"):
+        pred_as_input(batch)
+
+
+def test_randomized_pos_is_sorted_uniform_within_each_string():
+    batch = Sampler("kmp_matcher", 10, 2, seed=0).batch(2)
+    pos = batch.inputs["pos"].data
+    starts = [np.flatnonzero(p == 0) for p in pos]
+    assert all(len(s) == 2 for s in starts)  # haystack and needle each start at 0
+    new = randomize_pos(batch, np.random.default_rng(0)).inputs["pos"].data
+    assert not np.allclose(new, pos) and np.all((new > 0) & (new < 1))
+    for p, s in zip(new, starts, strict=True):
+        assert np.all(np.diff(p[:s[1]]) > 0) and np.all(np.diff(p[s[1]:]) > 0)
+    assert np.array_equal(batch.inputs["pos"].data, pos)  # the original batch is left alone
+
+
+def test_scalar_hint_encoders_start_at_std_one_over_sqrt_hidden():
+    cats = categories("dijkstra", Sampler("dijkstra", 5, 1, seed=0).batch(1))
+    h = 128
+    xavier = EncodeProcessDecode("dijkstra", ModelConfig(hidden=h), cats).encoders["d"]  # d: a scalar hint
+    default = EncodeProcessDecode("dijkstra", ModelConfig(hidden=h, encoder_init="default"), cats).encoders["d"]
+    assert xavier.weight.abs().max() <= 2 / h**0.5 and 0.5 / h**0.5 < xavier.weight.std() < 1 / h**0.5
+    assert default.weight.abs().max() > 0.5 and torch.all(default.bias == 0)
+
+
+@pytest.mark.parametrize("forcing", [0.0, 1.0])
+def test_teacher_forcing_feeds_back_the_true_hints(forcing):
+    """With forcing 1 the outputs do not depend on the hint decoders (the true hints are fed back); with 0 they do."""
+    torch.manual_seed(0)
+    batch = Sampler("bfs", 6, 2, seed=0).batch(2)
+    net = EncodeProcessDecode("bfs", ModelConfig(hidden=16, hint_teacher_forcing=forcing), categories("bfs", batch))
+    inputs, first, truth = features(batch)
+    before = net(batch, inputs, first, truth)[0]["pi"]
+    with torch.no_grad():
+        for name in ("reach_h", "pi_h"):
+            for q in net.decoders[name].parameters():
+                q.mul_(-3.0)
+    after = net(batch, inputs, first, truth)[0]["pi"]
+    assert torch.allclose(before, after) == (forcing == 1.0)
 
 
 def test_triplet_gmpnn_gate_starts_closed():
@@ -151,7 +203,7 @@ def test_a_small_learner_fits_a_fixed_batch(algo):
         opt.step()
     assert float(loss) < 0.3 * first
     net.eval()
-    inputs, hints, _ = features(batch)
+    inputs, hints, _ = features(prepared(net, batch))
     with torch.no_grad():
         outputs, _ = net(batch, inputs, hints)
     assert score(batch, output_predictions(net.dspec, outputs))["score"] > 0.9

@@ -12,6 +12,10 @@ Processors (all with max aggregation, a 2-layer message MLP, layer norm):
 pointers), ``triplet_gmpnn`` (fully connected, triplet edge messages, gating whose last layer
 starts at bias -3). Sorting outputs that must be permutations are decoded as a permutation
 matrix (Gumbel-Sinkhorn while training) plus a mask of the first node.
+
+The step is computed fused (docs/CLRS.md): all the layers that read one input run as one matmul,
+and the edge features stay in factored form (raw edge inputs times the encoders' weights) because
+everything that reads them is linear. tests/clrs_reference.py is the plain formulation it must equal.
 """
 
 from __future__ import annotations
@@ -24,20 +28,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chimera.clrs.samplers import Batch
-from chimera.clrs.specs import SPECS, Location, Stage, Type
+from chimera.clrs.samplers import Batch, model_spec
+from chimera.clrs.specs import Location, Stage, Type
 
 PROCESSORS = ("mpnn", "pgn", "triplet_gmpnn")
 
 
 @dataclass
 class ModelConfig:
+    """The learner's options; the defaults are the generalist paper's (Ibarz et al. 2022)."""
+
     processor: Literal["mpnn", "pgn", "triplet_gmpnn"] = "triplet_gmpnn"
+    """triplet_gmpnn: triplet reasoning and gating (the paper's processor networks); mpnn / pgn without either."""
     hidden: int = 128
     triplet_features: int = 8
     layer_norm: bool = True
     sinkhorn_steps: int = 10
+    """Permutation decoders (encoders and decoders): Sinkhorn steps while training (25, noiseless, for hints
+    fed back)."""
     sinkhorn_temperature: float = 0.1
+    static_hints_as_inputs: bool = True
+    """Static hint elimination (dataset and training): the constant pred_h hint of 12 algorithms is an input instead."""
+    encoder_init: Literal["xavier_on_scalars", "default"] = "xavier_on_scalars"
+    """Encoder initialisation (dataset and training): the official (haiku) truncated normal of std
+    1/sqrt(fan_in), except scalar hints' encoders at std 1/sqrt(hidden) with xavier_on_scalars (gradient
+    clipping: train.py)."""
+    hint_teacher_forcing: float = 0.0
+    """Probability, per sample and step while training, of feeding back the true hint instead of the model's
+    soft prediction (the paper removes teacher forcing: 0)."""
+
+    def validate(self) -> None:
+        if self.processor not in PROCESSORS:
+            raise ValueError(f"processor {self.processor!r}: choose one of {', '.join(PROCESSORS)}")
+        if self.encoder_init not in ("xavier_on_scalars", "default"):
+            raise ValueError(f"encoder_init {self.encoder_init!r}: choose xavier_on_scalars or default")
+        if not 0.0 <= self.hint_teacher_forcing <= 1.0:
+            raise ValueError(f"hint_teacher_forcing {self.hint_teacher_forcing}: a probability in [0, 1]")
 
 
 # ---- data: numpy probes -> typed tensors -----------------------------------------------------------------------
@@ -83,18 +109,18 @@ def targets(batch: Batch) -> dict[str, Feature]:
     return out
 
 
-def decoded_spec(algorithm: str) -> dict[str, tuple[str, str, str]]:
-    """The features a model for ``algorithm`` decodes: hints and outputs, permutations split in two."""
-    spec = {}
-    for name, (stage, loc, t) in SPECS[algorithm].items():
+def decoded_spec(spec: dict[str, tuple[str, str, str]]) -> dict[str, tuple[str, str, str]]:
+    """The features a model with ``spec`` decodes: hints and outputs, permutations split in two."""
+    out = {}
+    for name, (stage, loc, t) in spec.items():
         if stage == Stage.INPUT:
             continue
         if t == Type.SHOULD_BE_PERMUTATION:
-            spec[name] = (stage, loc, Type.PERMUTATION_POINTER)
-            spec[name + "_mask"] = (stage, loc, Type.MASK_ONE)
+            out[name] = (stage, loc, Type.PERMUTATION_POINTER)
+            out[name + "_mask"] = (stage, loc, Type.MASK_ONE)
         else:
-            spec[name] = (stage, loc, t)
-    return spec
+            out[name] = (stage, loc, t)
+    return out
 
 
 def categories(algorithm: str, batch: Batch) -> dict[str, int]:
@@ -112,6 +138,31 @@ def log_sinkhorn(x: torch.Tensor, steps: int, temperature: float, noise: bool) -
         x = torch.log_softmax(x, -1)
         x = torch.log_softmax(x, -2)
     return x
+
+
+class _Maximum(torch.autograd.Function):
+    """torch.maximum with a two-pass backward: the gradient goes to the larger input (to u at a tie), where
+    torch.maximum's backward spends extra passes (eq, where, div, masked_fill) on splitting ties evenly, which
+    real valued decoder activations do not have."""
+
+    @staticmethod
+    def forward(ctx, u, v):
+        first = u >= v
+        ctx.save_for_backward(first)
+        ctx.shapes = u.shape, v.shape
+        return torch.where(first, u, v)
+
+    @staticmethod
+    def backward(ctx, g):
+        (first,) = ctx.saved_tensors
+        zero = g.new_zeros(())
+        return torch.where(first, g, zero).sum_to_size(ctx.shapes[0]), torch.where(first, zero, g).sum_to_size(
+            ctx.shapes[1])
+
+
+def maximum(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Elementwise max of two broadcastable tensors (``_Maximum``)."""
+    return _Maximum.apply(u, v)
 
 
 def fused(layers: list[nn.Linear], x: torch.Tensor) -> list[torch.Tensor]:
@@ -244,14 +295,14 @@ class Decoder(nn.Module):
         t = self.t
         if self.loc == Location.NODE:
             if t in (Type.POINTER, Type.PERMUTATION_POINTER):  # logits[b, i, j] = d(max(a_i, b_j + c_ji))
-                q = torch.maximum(p["b"][:, :, None] + c, p["a"][:, None])  # q[b, j, i]
+                q = maximum(p["b"][:, :, None] + c, p["a"][:, None])  # q[b, j, i]
                 return self.d(q).squeeze(-1).transpose(1, 2)
             y = p["a"]
             return y if t == Type.CATEGORICAL else y.squeeze(-1)
         if self.loc == Location.EDGE:
             y = p["a"][:, :, None] + p["b"][:, None, :] + c
             if t == Type.POINTER:  # logits[b, i, j, k]
-                return self.f(torch.maximum(y[:, :, :, None], p["d"][:, None, None])).squeeze(-1)
+                return self.f(maximum(y[:, :, :, None], p["d"][:, None, None])).squeeze(-1)
             return y if t == Type.CATEGORICAL else y.squeeze(-1)
         y = self.a(h_t.amax(1)) + self.b(graph)
         if t == Type.POINTER:
@@ -265,9 +316,10 @@ POINTERS = (Type.POINTER, Type.SOFT_POINTER, Type.PERMUTATION_POINTER)
 class EncodeProcessDecode(nn.Module):
     def __init__(self, algorithm: str, cfg: ModelConfig, cats: dict[str, int]):
         super().__init__()
+        cfg.validate()
         self.algorithm, self.cfg = algorithm, cfg
         h = cfg.hidden
-        self.spec = SPECS[algorithm]
+        self.spec = model_spec(algorithm, cfg.static_hints_as_inputs)
         self.encoders = nn.ModuleDict()
         for name, (stage, loc, t) in self.spec.items():
             if stage == Stage.OUTPUT:
@@ -275,9 +327,15 @@ class EncodeProcessDecode(nn.Module):
             self.encoders[name] = nn.Linear(cats.get(name, 1), h)
             if loc == Location.EDGE and t == Type.POINTER:
                 self.encoders[name + "@2"] = nn.Linear(1, h)
+            scalar_hint = stage == Stage.HINT and t == Type.SCALAR and cfg.encoder_init == "xavier_on_scalars"
+            for suffix in ("", "@2") if loc == Location.EDGE and t == Type.POINTER else ("",):
+                enc = self.encoders[name + suffix]
+                std = 1 / np.sqrt(h) if scalar_hint else 1 / np.sqrt(enc.in_features)
+                nn.init.trunc_normal_(enc.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.zeros_(enc.bias)
         self.processor = Processor(cfg.processor, h, cfg.triplet_features, cfg.layer_norm)
         e = 2 * h if cfg.processor == "triplet_gmpnn" else h
-        self.dspec = decoded_spec(algorithm)
+        self.dspec = decoded_spec(self.spec)
         self.decoders = nn.ModuleDict({name: Decoder(loc, t, h, e, cats.get(name, 1))
                                        for name, (_, loc, t) in self.dspec.items()})
 
@@ -287,13 +345,19 @@ class EncodeProcessDecode(nn.Module):
         weights side by side (a sum of linear layers is one linear layer on the concatenation)."""
         h = self.cfg.hidden
         parts = {Location.NODE: [], Location.EDGE: [], Location.GRAPH: []}  # (raw columns, encoder)
+        masked = self.processor.masked  # only PGN reads the adjacency
         adj = [torch.eye(n).expand(B, n, n)]
         for name, f in feats.items():
+            if name not in self.encoders:
+                raise ValueError(f"{self.algorithm}: feature {name!r} is not an input or hint of this model's spec "
+                                 f"({', '.join(self.encoders)}); with static_hints_as_inputs a batch goes through "
+                                 "samplers.pred_as_input (train.prepared) first")
             enc, x = self.encoders[name], f.data
             if f.type_ in POINTERS:
                 if f.location == Location.NODE:  # a node pointer is an edge feature and extends the adjacency
                     parts[Location.EDGE].append((x[..., None], enc))
-                    adj.append(x + x.transpose(1, 2) > 0.5)
+                    if masked:
+                        adj.append(x + x.transpose(1, 2) > 0.5)
                 elif f.location == Location.EDGE:  # (B, i, j, k) one-hot; affine encoders commute with the mean
                     parts[Location.EDGE] += [(x.mean(1)[..., None], enc),
                                              (x.mean(2)[..., None], self.encoders[name + "@2"])]
@@ -301,7 +365,7 @@ class EncodeProcessDecode(nn.Module):
                     parts[Location.NODE].append((x[..., None], enc))
                 continue
             parts[f.location].append((x if f.type_ == Type.CATEGORICAL else x[..., None], enc))
-            if f.location == Location.EDGE and f.type_ == Type.MASK:
+            if masked and f.location == Location.EDGE and f.type_ == Type.MASK:
                 adj.append(x + x.transpose(1, 2) > 0)
         shapes = {Location.NODE: (B, n), Location.EDGE: (B, n, n), Location.GRAPH: (B,)}
         xs, ws, bs = {}, {}, {}
@@ -312,7 +376,7 @@ class EncodeProcessDecode(nn.Module):
         node = F.linear(xs[Location.NODE], ws[Location.NODE], bs[Location.NODE])  # (B, n, h)
         graph = F.linear(xs[Location.GRAPH], ws[Location.GRAPH], bs[Location.GRAPH])  # (B, h)
         edges = Edges(xs[Location.EDGE], ws[Location.EDGE], bs[Location.EDGE])  # (B, n, n, h), factored
-        adj = torch.stack([a.float() for a in adj]).amax(0) if self.processor.masked else None
+        adj = torch.stack([a.float() for a in adj]).amax(0) if masked else None
         return node, edges, graph, adj
 
     def decode(self, h_t: torch.Tensor, edges: Edges, tri: torch.Tensor | None, graph) -> dict[str, torch.Tensor]:
@@ -345,8 +409,10 @@ class EncodeProcessDecode(nn.Module):
             return Feature(loc, t, log_sinkhorn(logits, 25, self.cfg.sinkhorn_temperature, False).exp())
         return Feature(loc, t, logits)
 
-    def forward(self, batch: Batch, inputs: dict[str, Feature], first_hints: dict[str, Feature]):
-        """-> (output logits at each sample's last step, hint logits per step (list over steps))."""
+    def forward(self, batch: Batch, inputs: dict[str, Feature], first_hints: dict[str, Feature],
+                hint_truth: dict[str, torch.Tensor] | None = None):
+        """-> (output logits at each sample's last step, hint logits per step (list over steps)).
+        ``hint_truth`` (T, B, ...) per hint is needed only for teacher forcing."""
         B, n, h = batch.size, batch.num_nodes, self.cfg.hidden
         steps = max(1, int(batch.lengths.max()) - 1)
         lengths = torch.as_tensor(batch.lengths)
@@ -371,6 +437,13 @@ class EncodeProcessDecode(nn.Module):
             step_hints = {k: v for k, v in preds.items() if self.dspec[k][0] == Stage.HINT}
             hint_preds.append(step_hints)
             hints = {k: self.soft(k, v) for k, v in step_hints.items()}
+            if self.training and self.cfg.hint_teacher_forcing > 0 and i + 1 < steps:
+                if hint_truth is None:
+                    raise ValueError("hint_teacher_forcing > 0 needs the true hints: pass hint_truth")
+                force = torch.rand(B) < self.cfg.hint_teacher_forcing  # (B,) samples fed the true hint
+                hints = {k: Feature(f.location, f.type_, torch.where(force.view(-1, *[1] * (f.data.dim() - 1)),
+                                                                     hint_truth[k][i + 1], f.data))
+                         for k, f in hints.items()}
             hidden = new
         return outputs, hint_preds
 

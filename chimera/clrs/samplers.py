@@ -18,6 +18,7 @@ Split sizes of the benchmark: train 1000 samples at n = 16 (the generalist train
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 from dataclasses import dataclass
@@ -201,6 +202,53 @@ def collate(algorithm: str, trajectories: list[dict], min_steps: int = 0) -> Bat
             data = np.stack([np.asarray(x, dtype=float) for x in items])
         groups[stage][name] = Feature(name, loc, type_, data)
     return Batch(algorithm, groups[Stage.INPUT], groups[Stage.HINT], groups[Stage.OUTPUT], lengths)
+
+
+# Static hint elimination (Ibarz et al. 2022, dataset and training): in these algorithms the node-pointer
+# hint pred_h is the same at every step (a fixed order of the nodes), so it is given once as the input ``pred``.
+PRED_AS_INPUT = ("binary_search", "minimum", "find_maximum_subarray", "find_maximum_subarray_kadane",
+                 "matrix_chain_order", "lcs_length", "optimal_bst", "activity_selector", "task_scheduling",
+                 "naive_string_matcher", "kmp_matcher", "jarvis_march")
+
+
+def model_spec(algorithm: str, static_hints_as_inputs: bool = True) -> dict[str, tuple[str, str, str]]:
+    """The spec a learner sees: the official one, with a static pred_h hint turned into a pred input."""
+    spec = dict(SPECS[algorithm])
+    if static_hints_as_inputs and algorithm in PRED_AS_INPUT:
+        spec = {("pred" if k == "pred_h" else k): ((Stage.INPUT, *v[1:]) if k == "pred_h" else v)
+                for k, v in spec.items()}
+    return spec
+
+
+def pred_as_input(batch: Batch) -> Batch:
+    """Static hint elimination on a batch (``model_spec``): its pred_h hint, checked constant, becomes input pred."""
+    if batch.algorithm not in PRED_AS_INPUT:
+        return batch
+    h = batch.hints["pred_h"]
+    for b, length in enumerate(batch.lengths):
+        steps = h.data[:int(length), b]
+        if not np.all(steps == steps[:1]):
+            raise ValueError(f"{batch.algorithm}: pred_h changes along sample {b}'s trajectory, so it cannot be "
+                             "an input (static_hints_as_inputs=False keeps it a hint)")
+    inputs = {**batch.inputs, "pred": Feature("pred", h.location, h.type_, h.data[0])}
+    hints = {k: v for k, v in batch.hints.items() if k != "pred_h"}
+    return dataclasses.replace(batch, inputs=inputs, hints=hints)
+
+
+def randomize_pos(batch: Batch, rng: np.random.Generator) -> Batch:
+    """Randomised position scalar (Ibarz et al. 2022, encoders and decoders): ``pos`` (i / n, restarting at 0
+    where a second string begins) replaced by sorted uniform draws per segment, so that a learner cannot
+    overfit to the spacing."""
+    pos = batch.inputs["pos"].data
+    B, n = pos.shape
+    draws = rng.uniform(size=(B, n))
+    new = np.empty_like(pos)
+    for b in range(B):
+        starts = np.concatenate([np.flatnonzero(pos[b] == 0), [n]])
+        for lo, hi in itertools.pairwise(starts):
+            new[b, lo:hi] = np.sort(draws[b, lo:hi])
+    inputs = {**batch.inputs, "pos": dataclasses.replace(batch.inputs["pos"], data=new)}
+    return dataclasses.replace(batch, inputs=inputs)
 
 
 def unknown_algorithm(name: str) -> str:

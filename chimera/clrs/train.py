@@ -29,7 +29,7 @@ from chimera.clrs.model import (
     targets,
     to_feature,
 )
-from chimera.clrs.samplers import TRAIN_SIZES, Batch, Sampler, unknown_algorithm
+from chimera.clrs.samplers import TRAIN_SIZES, Batch, Sampler, pred_as_input, randomize_pos, unknown_algorithm
 from chimera.clrs.specs import SPECS, Type
 from chimera.config import to_dict
 from chimera.mtl.cost import StepMeter
@@ -64,6 +64,15 @@ class TrainCLRSConfig:
     batch_size: int = 32
     lr: float = 1e-3
     grad_clip: float = 1.0
+    """Gradient clipping (the paper's dataset and training section): the global gradient norm is clipped to this."""
+    random_pos: bool = True
+    """Randomised position scalar (encoders and decoders) on training and validation batches (never on the test)."""
+    static_hints_as_inputs: bool = True
+    """Static hint elimination (dataset and training): a constant pred_h hint is given as the input pred."""
+    encoder_init: str = "xavier_on_scalars"
+    """Encoder initialisation (dataset and training): xavier_on_scalars or default."""
+    hint_teacher_forcing: float = 0.0
+    """Probability of feeding back a true hint instead of the predicted one (the paper removes teacher forcing)."""
     train_sizes: tuple[int, ...] = TRAIN_SIZES
     eval_every: int = 500
     """Steps between validation (n = 16); the best validation score's weights are kept."""
@@ -89,6 +98,12 @@ class TrainCLRSConfig:
             raise ValueError(f"aggregator {self.aggregator!r}: choose one of "
                              f"{', '.join(m for m in METHODS if m != 'mgda_ub')} (mgda_ub needs one shared "
                              "representation of the same inputs; each algorithm here has its own batch)")
+        self.model().validate()
+
+    def model(self) -> ModelConfig:
+        return ModelConfig(processor=self.processor, hidden=self.hidden,
+                           static_hints_as_inputs=self.static_hints_as_inputs, encoder_init=self.encoder_init,
+                           hint_teacher_forcing=self.hint_teacher_forcing)
 
 
 class Learner(nn.Module):
@@ -113,9 +128,15 @@ def features(batch: Batch) -> tuple[dict[str, Feature], dict[str, Feature], dict
     return inputs, first, {k: f.data for k, f in hint_steps.items()}
 
 
+def prepared(net: EncodeProcessDecode, batch: Batch) -> Batch:
+    """The batch as ``net`` reads it (static hints moved to the inputs when its spec does)."""
+    return pred_as_input(batch) if net.cfg.static_hints_as_inputs else batch
+
+
 def batch_loss(net: EncodeProcessDecode, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    batch = prepared(net, batch)
     inputs, first, hint_truth = features(batch)
-    outputs, hint_preds = net(batch, inputs, first)
+    outputs, hint_preds = net(batch, inputs, first, hint_truth)
     tgt = targets(batch)
     out_loss = sum(feature_loss(net.dspec[k][2], outputs[k], f.data) for k, f in tgt.items())
     lengths = torch.as_tensor(batch.lengths)
@@ -135,6 +156,7 @@ def evaluate(net: EncodeProcessDecode, batches: list[Batch]) -> dict[str, float]
     net.eval()
     totals: dict[str, list[float]] = {}
     for b in batches:
+        b = prepared(net, b)
         inputs, first, _ = features(b)
         outputs, _ = net(b, inputs, first)
         for k, v in score(b, output_predictions(net.dspec, outputs)).items():
@@ -178,8 +200,16 @@ def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distribute
              for i, a in enumerate(cfg.algorithms)}  # the matchers train at the largest size only, as the benchmark
     val = {a: Sampler(a, 16 * 5 // 4 if a in MATCHERS else 16, cfg.val_samples, 2 + i)
            for i, a in enumerate(cfg.algorithms)}
+    val_batches = {a: [randomize_pos(b, np.random.default_rng(k)) if cfg.random_pos else b
+                       for k, b in enumerate(val[a].all(32))] for a in cfg.algorithms}  # fixed across evaluations
+    # one position stream per algorithm, so that a process drawing only its share sees the same positions
+    pos_rng = {a: np.random.default_rng([cfg.run.seed + 1, i]) for i, a in enumerate(cfg.algorithms)}
+
+    def draw(a: str, sampler: Sampler) -> Batch:
+        batch = sampler.batch(cfg.batch_size)
+        return randomize_pos(batch, pos_rng[a]) if cfg.random_pos else batch
     cats = {a: categories(a, val[a].batch(2)) for a in cfg.algorithms}
-    model = Learner(cfg.algorithms, ModelConfig(processor=cfg.processor, hidden=cfg.hidden), cats)
+    model = Learner(cfg.algorithms, cfg.model(), cats)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     shared = list(next(iter(model.nets.values())).processor.parameters())
     meter = StepMeter()
@@ -203,7 +233,7 @@ def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distribute
             if cfg.aggregator == "sum":  # one backward per algorithm; under torchrun each rank does its share
                 losses = {}
                 for a in mine:
-                    loss, _ = batch_loss(model.nets[a], samplers[a].batch(cfg.batch_size))
+                    loss, _ = batch_loss(model.nets[a], draw(a, samplers[a]))
                     loss.backward()
                     losses[a] = float(loss.detach())
                 if world.distributed:
@@ -211,7 +241,7 @@ def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distribute
                     every = torch.tensor([losses.get(a, 0.0) for a in cfg.algorithms], dtype=torch.float64)
                     losses = dict(zip(cfg.algorithms, distributed.all_reduce(every, world).tolist()))
             else:  # the specialised aggregators need every task's gradient on the shared processor
-                task_losses = {a: batch_loss(model.nets[a], sp.batch(cfg.batch_size))[0] for a, sp in samplers.items()}
+                task_losses = {a: batch_loss(model.nets[a], draw(a, sp))[0] for a, sp in samplers.items()}
                 aggregate(task_losses, shared, cfg.aggregator)
                 losses = {a: float(v.detach()) for a, v in task_losses.items()}
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -226,7 +256,7 @@ def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distribute
             log(f"step {step:>6}/{cfg.steps}  loss {np.mean(list(losses.values())):.3f}  {rate:.2f} steps/s  "
                 f"eta {(cfg.steps - step) / max(rate, 1e-9) / 60:.1f} min")
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            scores = {a: evaluate(model.nets[a], val[a].all(32))["score"] for a in cfg.algorithms}
+            scores = {a: evaluate(model.nets[a], val_batches[a])["score"] for a in cfg.algorithms}
             mean = float(np.mean(list(scores.values())))
             run.log(step, {"val/score": mean, **{f"val/score/{a}": v for a, v in scores.items()}})
             if mean > best["score"]:
@@ -242,7 +272,7 @@ def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distribute
     results = {}
     for i, a in enumerate(cfg.algorithms):
         test = Sampler(a, cfg.test_size, cfg.test_samples, 3 + i)
-        results[a] = {"val": evaluate(model.nets[a], val[a].all(32))["score"],
+        results[a] = {"val": evaluate(model.nets[a], val_batches[a])["score"],
                       "test": evaluate(model.nets[a], test.all(4))["score"]}
     (run.path / "results.json").write_text(json.dumps({"best_step": best["step"], "scores": results,
                                                            "cost": meter.summary() if meter.count else None}, indent=1))
