@@ -194,3 +194,14 @@ def test_making_minihack_and_halfcheetah_prints_no_dependency_noise():
     out = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "pkg_resources" not in out.stderr and "settotalmass" not in out.stderr + out.stdout, out.stderr
+
+
+def test_report_aligns_long_metric_names(tmp_path, capsys):
+    import json
+
+    rows = [{"step": 150000, "charts/episodic_return/minihack/Room-Random-5x5": 0.5, "charts/SPS": 1234.5}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["report", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "(step" in line]
+    assert len(lines) == 2 and len({line.index("(step") for line in lines}) == 1, lines
+    assert (tmp_path / "plots" / "charts.png").exists()
