@@ -123,9 +123,39 @@ def run_clrs(a) -> dict:
                           f"[{time.time() - t:.0f} s, {(time.time() - t_start) / n * (total - n) / 60:.1f} min left]",
                           flush=True)
     return {"metric": f"CLRS score (out of distribution, n = {a.clrs_test_size})", "tasks": list(a.algorithms),
+            "cost": clrs_costs(a, a.cost_rounds // 5),
             "steps": a.clrs_steps,
             "hidden": a.clrs_hidden, "batch": a.clrs_batch, "seeds": a.clrs_seeds,
             "regularised": REGULARISED["clrs"], "runs": runs}
+
+
+def clrs_costs(a, rounds: int) -> dict:
+    """Seconds and peak bytes per generalist step of every method, round-robin on the same batches (size 16)."""
+    import torch
+
+    from chimera.clrs.model import ModelConfig, categories
+    from chimera.clrs.samplers import Sampler
+    from chimera.clrs.train import Learner, _train_sampler, train_step
+    from chimera.mtl import interleaved_costs
+
+    algos = tuple(a.algorithms)
+    batches = [{x: _train_sampler(x, 16, 7 + i).batch(a.clrs_batch) for i, x in enumerate(algos)} for _ in range(4)]
+    cats = {x: categories(x, Sampler(x, 16, 4, 2 + i).batch(2)) for i, x in enumerate(algos)}
+
+    def stepper(method):
+        torch.manual_seed(0)
+        model = Learner(algos, ModelConfig(processor="triplet_gmpnn", hidden=a.clrs_hidden), cats)
+        opt, it = torch.optim.Adam(model.parameters(), lr=1e-3), [0]
+
+        def step():
+            train_step(model, opt, batches[it[0] % len(batches)], method)
+            it[0] += 1
+        return step
+
+    costs = interleaved_costs({m: stepper(m) for m in CLRS_METHODS}, rounds=rounds)
+    print("[clrs cost] " + "  ".join(f"{m} {c['seconds_per_step'] * 1e3:.0f} ms {c['peak_bytes'] / 2**20:.1f} MiB"
+                                     for m, c in costs.items()), flush=True)
+    return costs
 
 
 def run_rl(a) -> dict:
@@ -321,7 +351,8 @@ def _plot(results: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--testbed", choices=["multidigit", "multidigit-cost", "clrs", "rl", "all"], default="all")
+    ap.add_argument("--testbed", default="all",
+                    choices=["multidigit", "multidigit-cost", "clrs", "clrs-cost", "rl", "all"])
     ap.add_argument("--rl-tasks", nargs="+", default=["minihack/Room-5x5", "gym/CartPole"])
     ap.add_argument("--rl-steps", type=int, default=16_384, help="env steps over all RL tasks")
     ap.add_argument("--rl-seeds", type=int, default=3)
@@ -344,6 +375,8 @@ def main() -> None:
             report(results)
         if a.testbed == "multidigit-cost":
             results["multidigit"]["cost"] = multidigit_costs(a.cost_rounds)
+        if a.testbed == "clrs-cost":
+            results["clrs"]["cost"] = clrs_costs(a, a.cost_rounds // 5)
         if a.testbed in ("clrs", "all"):
             results["clrs"] = run_clrs(a)
         if a.testbed in ("rl", "all"):

@@ -144,6 +144,18 @@ def evaluate(net: EncodeProcessDecode, batches: list[Batch]) -> dict[str, float]
     return {k: float(np.sum(v) / n) for k, v in totals.items()}
 
 
+def train_step(model: Learner, opt: torch.optim.Optimizer, batches: dict[str, Batch], aggregator: str = "sum",
+               grad_clip: float = 1.0) -> dict[str, float]:
+    """One step on a batch per algorithm: the shared processor's gradients combined by ``aggregator``, the
+    encoders' and decoders' from the summed loss; returns each algorithm's loss."""
+    opt.zero_grad(set_to_none=True)
+    losses = {a: batch_loss(model.nets[a], b)[0] for a, b in batches.items()}
+    aggregate(losses, list(next(iter(model.nets.values())).processor.parameters()), aggregator)
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return {a: float(v.detach()) for a, v in losses.items()}
+
+
 def _train_sampler(algorithm: str, size: int, seed: int) -> Sampler:
     n = size * 5 // 4 if algorithm in MATCHERS else size
     return Sampler(algorithm, n, -1, seed, length_needle=-8 if algorithm in MATCHERS else None)
@@ -163,7 +175,6 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
     cats = {a: categories(a, val[a].batch(2)) for a in cfg.algorithms}
     model = Learner(cfg.algorithms, ModelConfig(processor=cfg.processor, hidden=cfg.hidden), cats)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    shared = list(next(iter(model.nets.values())).processor.parameters())
     meter = StepMeter()
     run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
     start, best = 0, {"score": -1.0, "step": 0, "state": None}
@@ -178,12 +189,7 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
     for step in range(start + 1, cfg.steps + 1):
         batches = {a: train[a][int(rng.integers(len(train[a])))].batch(cfg.batch_size) for a in cfg.algorithms}
         with meter.step():
-            opt.zero_grad(set_to_none=True)
-            task_losses = {a: batch_loss(model.nets[a], b)[0] for a, b in batches.items()}
-            aggregate(task_losses, shared, cfg.aggregator)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-        losses = {a: float(v.detach()) for a, v in task_losses.items()}
+            losses = train_step(model, opt, batches, cfg.aggregator, cfg.grad_clip)
         seen += 1
         if step % cfg.run.log_every == 0 or step == cfg.steps:
             rate = seen / (time.time() - t0)
