@@ -305,14 +305,27 @@ def _cost_sentence(summ: dict) -> str:
 def _notes(results: dict) -> list[str]:
     notes = ["## What differs from the paper, and what was not run", "",
              "- Multi-digit stands in for Multi-MNIST: 8x8 scikit-learn digits, 1,797 source images (4 pairs per "
-             "source image per split), far fewer epochs than the paper's 100; one fixed split, seeds vary the rest.",
+             "source image per split), 50 epochs against the paper's 100; one fixed split, seeds vary the rest.",
              "- MGDA here is the plain min-norm point of the task gradients (the reference code also normalises them "
              "by the losses, `loss+`); MGDA-UB takes its weights from the gradients at the shared representation.",
              "- CAGrad (c = 0.5) is in this comparison though not in the paper's.",
              "- The regularised setting is one setting for every method, picked for the sum on validation data "
              "(sum, 60 epochs: dropout 0.1 + weight decay 1e-4 reached 0.932 validation accuracy, none 0.918, "
              "dropout 0.25 0.904, dropout 0.5 0.830); the paper tuned each method's own, so this may favour the sum.",
-             "- Peak memory is measured per step on the CPU (profiler allocation events), not on a GPU."]
+             "- Peak memory is measured per step on the CPU (profiler allocation events), not on a GPU. Time and "
+             "memory per step come from a round-robin measurement (every method in turn on the same batches, so "
+             "load from the other processes on this shared 2-core machine falls on all alike); the s/step of single "
+             "runs drifted with that load by up to 2x.",
+             "- 'Holds' is a loose test: Welch t >= 2 over 5 (Multi-digit) or 3 (CLRS, RL) seeds, many configurations "
+             "compared against one reference, no correction for multiple comparisons.",
+             "- CLRS: a tiny budget (150 steps, hidden 16, batch 8; the paper trains 10,000 steps at hidden 128) and "
+             "16 test problems per algorithm at n = 32; `minimum` is one pointer per problem, so its score moves in "
+             "steps of 1/16 and its seed spread is 0.1-0.27. The CLRS learner has no dropout: regularised = weight "
+             "decay 1e-4 + the best-validation checkpoint (early stopping).",
+             "- RL: the multi-environment PPO learner (MLP core, 8 envs per task), plain setting only (its PPO has no "
+             "weight decay or dropout option); the metric is the mean return of the last 100 training episodes at the "
+             "end (CartPole's divided by 500), s/step is seconds per PPO iteration (rollout + update) from "
+             "sequential runs, and memory was not measured."]
     for name in ("multidigit", "clrs"):
         if name not in results:
             notes.append(f"- The {name} testbed was not run.")
@@ -334,6 +347,8 @@ def _plot(results: dict) -> None:
         methods = [m for m in METHODS if f"{m}/plain" in summ]
         x = np.arange(len(methods))
         for off, reg, colour in ((-0.2, "plain", "tab:grey"), (0.2, "regularised", "tab:blue")):
+            if f"sum/{reg}" not in summ:
+                continue
             m = [summ[f"{k}/{reg}"]["average"][0] for k in methods]
             s = [summ[f"{k}/{reg}"]["average"][1] for k in methods]
             axes[0, col].bar(x + off, m, 0.4, yerr=s, color=colour, label=reg, capsize=2)
