@@ -376,7 +376,8 @@ def _plot(results: dict) -> None:
         lo = min(summ[k]["average"][0] - summ[k]["average"][1] for k in summ)
         axes[0, col].set_ylim(max(0.0, lo - 0.02), None)
         axes[0, col].set_title(f"{name}: average test {tb['metric']}")
-        axes[1, col].set_title(f"{name}: seconds per step / sum's")
+        axes[1, col].set_title(f"{name}: seconds per step / sum's" if tb.get("cost") else
+                               f"{name}: time per step not measured round-robin")
         for ax in axes[:, col]:
             ax.set_xticks(x, methods, rotation=30)
         axes[0, col].legend()
