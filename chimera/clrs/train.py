@@ -166,6 +166,31 @@ def evaluate(net: EncodeProcessDecode, batches: list[Batch]) -> dict[str, float]
     return {k: float(np.sum(v) / n) for k, v in totals.items()}
 
 
+def train_step(model: Learner, opt: torch.optim.Optimizer, batches: dict[str, Batch], aggregator: str = "sum",
+               grad_clip: float = 1.0, world: distributed.World | None = None) -> dict[str, float]:
+    """One step on a batch per algorithm: the shared processor's gradients combined by ``aggregator``, the
+    encoders' and decoders' from the summed loss; returns each algorithm's loss."""
+    opt.zero_grad(set_to_none=True)
+    if aggregator == "sum":  # one backward per algorithm; under torchrun ``batches`` is this process's share
+        losses = {}
+        for a, b in batches.items():
+            loss, _ = batch_loss(model.nets[a], b)
+            loss.backward()
+            losses[a] = float(loss.detach())
+        if world is not None and world.distributed:
+            distributed.sum_gradients(model, world)
+            names = list(model.nets)  # every algorithm, in the config's order
+            every = torch.tensor([losses.get(a, 0.0) for a in names], dtype=torch.float64)
+            losses = dict(zip(names, distributed.all_reduce(every, world).tolist()))
+    else:  # the specialised aggregators need every algorithm's gradient on the shared processor, in one process
+        task_losses = {a: batch_loss(model.nets[a], b)[0] for a, b in batches.items()}
+        aggregate(task_losses, list(next(iter(model.nets.values())).processor.parameters()), aggregator)
+        losses = {a: float(v.detach()) for a, v in task_losses.items()}
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return losses
+
+
 def _train_sampler(algorithm: str, size: int, seed: int) -> Sampler:
     n = size * 5 // 4 if algorithm in MATCHERS else size
     return Sampler(algorithm, n, -1, seed, length_needle=-8 if algorithm in MATCHERS else None)
@@ -211,7 +236,6 @@ def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distribute
     cats = {a: categories(a, val[a].batch(2)) for a in cfg.algorithms}
     model = Learner(cfg.algorithms, cfg.model(), cats)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    shared = list(next(iter(model.nets.values())).processor.parameters())
     meter = StepMeter()
     run, ckpt = distributed.start_run(world, cfg.run, to_dict(cfg), resume)
     start, best = 0, {"score": -1.0, "step": 0, "state": None}
@@ -229,23 +253,8 @@ def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distribute
         # every rank draws every algorithm's batch index, to stay in step
         samplers = {a: train[a][int(rng.integers(len(train[a])))] for a in cfg.algorithms}
         with meter.step():
-            opt.zero_grad(set_to_none=True)
-            if cfg.aggregator == "sum":  # one backward per algorithm; under torchrun each rank does its share
-                losses = {}
-                for a in mine:
-                    loss, _ = batch_loss(model.nets[a], draw(a, samplers[a]))
-                    loss.backward()
-                    losses[a] = float(loss.detach())
-                if world.distributed:
-                    distributed.sum_gradients(model, world)
-                    every = torch.tensor([losses.get(a, 0.0) for a in cfg.algorithms], dtype=torch.float64)
-                    losses = dict(zip(cfg.algorithms, distributed.all_reduce(every, world).tolist()))
-            else:  # the specialised aggregators need every task's gradient on the shared processor
-                task_losses = {a: batch_loss(model.nets[a], draw(a, sp))[0] for a, sp in samplers.items()}
-                aggregate(task_losses, shared, cfg.aggregator)
-                losses = {a: float(v.detach()) for a, v in task_losses.items()}
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            losses = train_step(model, opt, {a: draw(a, samplers[a]) for a in mine}, cfg.aggregator, cfg.grad_clip,
+                                world)
         seen += 1
         if not world.main:
             continue
