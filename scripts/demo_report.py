@@ -71,7 +71,8 @@ def main() -> None:
     evaluation = evaluate_agent(run, a.episodes, seed=10_000)
     print(f"{'environment':<32}{'episodes':>9}{'return':>10}{'success':>10}")
     for task, r in evaluation.items():
-        print(f"{task:<32}{r['episodes']:>9}{r['return']:>10.2f}{r['success']:>10.2f}")
+        success = "-" if np.isnan(r["success"]) else f"{r['success']:.2f}"  # '-': no notion of success
+        print(f"{task:<32}{r['episodes']:>9}{r['return']:>10.2f}{success:>10}")
     baseline = {t: random_policy(t, cfg, 100) for t in cfg.tasks if t.startswith("minihack/")}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     report = {"command": "bash scripts/demo.sh", "commit": commit.stdout.strip(), "run": str(run),
