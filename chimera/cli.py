@@ -501,6 +501,9 @@ def cmd_compress(argv: list[str]) -> int:
 NETHACK_USAGE = """usage: chimera nethack ACTION [OPTIONS]
 
   chimera nethack eval [OPTIONS]   play games under the NetHack Challenge's rules; median score, depths, ends
+
+Agents: random, symbolic (chimera.nethack: strategies with entry conditions and preemption).
+Example: chimera nethack eval --agent symbolic --episodes 64 --workers 2 --out nethack.json
 Run `chimera nethack eval --help` for options."""
 
 
