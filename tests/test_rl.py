@@ -370,3 +370,17 @@ def test_multi_task_run_with_an_aggregator(tmp_path, method):
     assert all(key in r for r in rows)
     if method == "cagrad":  # the weights move with the gradients: not the uniform start
         assert rows[-1][key] != pytest.approx(0.5, abs=1e-3)
+
+
+def test_ppo_weight_decay_shrinks_the_weights(tmp_path):
+    import dataclasses
+
+    from chimera.rl.train import load_agent, train_rl
+
+    norms = {}
+    for wd in (0.0, 0.5):
+        cfg = _tiny_rl_cfg(tmp_path / str(wd), "ppo")
+        cfg = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, weight_decay=wd, lr=1e-2))
+        agent, _ = load_agent(train_rl(cfg, log=lambda *_: None).path)
+        norms[wd] = float(sum(p.norm() ** 2 for p in agent.parameters()))
+    assert norms[0.5] < 0.98 * norms[0.0], norms

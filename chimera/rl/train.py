@@ -47,6 +47,8 @@ class PPOConfig:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW) on every trained weight; 0: plain Adam, as CleanRL."""
     norm_adv: bool = True
     target_kl: float = 0.0
     """PPO: stop the epochs once the approximate KL, measured after every gradient step, exceeds this (0: off)."""
@@ -204,7 +206,9 @@ def train_rl(cfg: TrainRLConfig, resume: str | None = None, log=print) -> Run:
     venvs = {t: make_vector(lambda t=t: make(t, **env_kwargs(t, cfg)), cfg.num_envs, cfg.run.seed + 1000 * i,
                             cfg.vector, cfg.workers, log, cfg.ray_address) for i, t in enumerate(cfg.tasks)}
     agent = Agent(spaces, cfg.agent, graphs)
-    opt = torch.optim.Adam([p for p in agent.parameters() if p.requires_grad], lr=cfg.ppo.lr, eps=1e-5, fused=True)
+    trained = [p for p in agent.parameters() if p.requires_grad]
+    opt = (torch.optim.AdamW(trained, lr=cfg.ppo.lr, eps=1e-5, weight_decay=cfg.ppo.weight_decay, fused=True)
+           if cfg.ppo.weight_decay > 0 else torch.optim.Adam(trained, lr=cfg.ppo.lr, eps=1e-5, fused=True))
     scalers = {t: RewardScaler(cfg.num_envs, cfg.ppo.gamma) for t in cfg.tasks} if cfg.reward_norm else {}
     T, n = cfg.ppo.num_steps, cfg.num_envs
     iterations = max(1, cfg.total_steps // (T * n * len(cfg.tasks)))
