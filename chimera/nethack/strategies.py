@@ -5,6 +5,7 @@ order every step, so a more urgent strategy preempts a running one the moment it
 
 from __future__ import annotations
 
+import abc
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,14 +25,17 @@ PRAYER_GAP = 1000   # turns between prayers: the timeout after one is rnz(350), 
 FIRST_PRAYER = 120  # the timeout starts at 300, falls by one a turn, and a major trouble is fixed below 200
 
 
-class Strategy:
+class Strategy(abc.ABC):
+    """A skill with an entry condition (``applies``) and one step of keys (``act``; None: nothing to do now)."""
+
     name = "strategy"
 
     def applies(self, agent: SymbolicAgent) -> bool:
         return True
 
+    @abc.abstractmethod
     def act(self, agent: SymbolicAgent) -> list[str] | None:
-        raise NotImplementedError
+        """The keys for this step, or None to let the next strategy act."""
 
 
 class Pray(Strategy):
