@@ -1,3 +1,3 @@
 """Post-training of the hybrid LM with multi-environment RL: environments (``envs``), the GRPO-family
 and ESPO objectives (``losses``), multi-turn token-in / token-out rollouts on the inference engine
-(``rollout``) and the training loop (``train``)."""
+(``rollout``), accuracy against the thinking budget (``budget``) and the training loop (``train``)."""

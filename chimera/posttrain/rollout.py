@@ -13,6 +13,11 @@ Every turn of every active episode is one ``Request`` on one ``Engine`` whose pr
 far (prefilled again each turn; the engine keeps no cache between requests). The same seed gives the
 same episodes (each request's uniforms come from (seed, prompt, sample, turn)), whatever else
 shares the batch.
+
+A problem may run under a thinking budget (``ThinkingBudget``, ``chimera.inference.budget``): every
+assistant turn of its episodes then thinks at most N tokens plus the engine's grace before
+``</think>`` is forced. A forced token was not sampled by the policy, so it is out of the loss mask
+(it stays in the sequence, as the policy saw it).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from chimera.inference import Engine, Request, Sampler
+from chimera.inference import Engine, Request, Sampler, ThinkingBudget
 from chimera.posttrain.envs import Env
 from chimera.tokenizer import Message, render_chat
 
@@ -48,10 +53,22 @@ class Episode:
     truncated: bool = False
     """A turn hit its token limit (no stop token), or the context filled up, before the episode ended."""
     done: bool = False
+    budget: int | None = None
+    """The thinking budget N its turns ran under (None: no limit)."""
+    thinking_tokens: int = 0
+    """Tokens sampled inside ``<think>`` over all its turns."""
+    forced_tokens: int = 0
+    """Tokens the budget forced (``</think>``), in the sequence but out of the mask."""
 
     @property
     def response_tokens(self) -> int:
         return sum(self.mask)
+
+
+def thinking_budget(tok, max_thinking_tokens: int | None) -> ThinkingBudget:
+    """A budget of ``max_thinking_tokens`` (None: no limit) with the tokenizer's segment and newline ids and
+    the engine's default grace (ceil(10% of N))."""
+    return ThinkingBudget(max_thinking_tokens, tok.token_id("<think>"), tok.token_id("</think>"), tok.newline_ids)
 
 
 def chat_ids(tok, messages: Sequence[Message], opening: bool, thinking: bool = True) -> list[int]:
@@ -75,16 +92,20 @@ class RolloutConfig:
 
 
 def rollout(model, tok, envs: Sequence[Env], problems: Sequence[tuple[str, int, bool]], n: int,
-            sampler: Sampler, cfg: RolloutConfig, seed: int) -> list[Episode]:
+            sampler: Sampler, cfg: RolloutConfig, seed: int,
+            budgets: Sequence[ThinkingBudget | None] | None = None) -> list[Episode]:
     """``n`` episodes of each problem (env id, seed, held_out), group-major; ``envs`` holds one fresh or
     reusable environment per episode (``len(problems) * n`` of them, ``envs[i * n + j]`` for sample j of
-    problem i)."""
+    problem i). ``budgets[i]`` is the thinking budget of problem i's turns (None or absent: none)."""
     if len(envs) != len(problems) * n:
         raise ValueError(f"rollout needs {len(problems) * n} environments (problems x n), got {len(envs)}")
+    if budgets is not None and len(budgets) != len(problems):
+        raise ValueError(f"rollout got {len(budgets)} budgets for {len(problems)} problems (one per problem)")
+    budgets = list(budgets) if budgets is not None else [None] * len(problems)
     episodes: list[Episode] = []
     for i, (env_id, env_seed, held_out) in enumerate(problems):
         for j in range(n):
-            ep = Episode(env_id, env_seed, i, j)
+            ep = Episode(env_id, env_seed, i, j, budget=None if budgets[i] is None else budgets[i].max_thinking_tokens)
             opening = envs[i * n + j].reset(seed=env_seed, held_out=held_out)
             ep.tokens = chat_ids(tok, opening, True, cfg.thinking)
             ep.prompt_len = len(ep.tokens)
@@ -103,7 +124,8 @@ def rollout(model, tok, envs: Sequence[Env], problems: Sequence[tuple[str, int, 
             requests = {k: Request(list(episodes[k].tokens),
                                    min(cfg.max_new_tokens, cfg.max_len - len(episodes[k].tokens)), sampler,
                                    frozenset({tok.eos_id}), seed,
-                                   f"{episodes[k].prompt_index}/{episodes[k].sample}/{turn}")
+                                   f"{episodes[k].prompt_index}/{episodes[k].sample}/{turn}",
+                                   budgets[episodes[k].prompt_index])
                         for k in active}
             _run(model, list(requests.values()), cfg)
             for k, req in requests.items():
@@ -124,8 +146,11 @@ def _run(model, requests: list[Request], cfg: RolloutConfig) -> None:
 
 def _advance(ep: Episode, env: Env, req: Request, tok, cfg: RolloutConfig, last_turn: bool) -> None:
     """Append a turn's sampled tokens, let the environment answer, append its reply (unmasked)."""
+    mask, n_think = _sampled_mask(req, tok)
     ep.tokens += req.tokens
-    ep.mask += [1] * len(req.tokens)
+    ep.mask += mask
+    ep.thinking_tokens += n_think
+    ep.forced_tokens += len(mask) - sum(mask)
     ep.logprobs += req.logprobs
     ep.turns.append(list(req.tokens))
     if req.finish_reason != "stop":  # cut mid-turn: the answer never ended
@@ -144,6 +169,18 @@ def _advance(ep: Episode, env: Env, req: Request, tok, cfg: RolloutConfig, last_
     ep.tokens += reply
     ep.mask += [0] * len(reply)
     ep.logprobs += [0.0] * len(reply)
+
+
+def _sampled_mask(req: Request, tok) -> tuple[list[int], int]:
+    """Which of a finished request's tokens were sampled (1) rather than forced by its budget (0), and how
+    many were thinking tokens: the budget's tracker replayed over the tokens, which decides exactly what
+    the engine's tracker decided."""
+    tracker = (req.budget or thinking_budget(tok, None)).track(req.prompt)
+    mask = []
+    for t in req.tokens:
+        mask.append(0 if req.budget is not None and tracker.forced() is not None else 1)
+        tracker.observe(t)
+    return mask, tracker.n_think
 
 
 def batch_tensors(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Tensor]:
