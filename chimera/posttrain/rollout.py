@@ -45,6 +45,9 @@ class Episode:
     """1 on sampled tokens, 0 on the prompt and environment turns."""
     logprobs: list[float] = field(default_factory=list)
     """The engine's log p of each sampled token (0.0 elsewhere)."""
+    closed: list[int] = field(default_factory=list)
+    """1 where the token was drawn with ``<think>`` / ``</think>`` masked (a budgeted turn after its segment
+    closed), so the trainer scores the same distribution the engine drew from."""
     prompt_len: int = 0
     turns: list[list[int]] = field(default_factory=list)
     """The tokens sampled in each assistant turn."""
@@ -59,6 +62,8 @@ class Episode:
     """Tokens sampled inside ``<think>`` over all its turns."""
     forced_tokens: int = 0
     """Tokens the budget forced (``</think>``), in the sequence but out of the mask."""
+    over_budget: bool = False
+    """Some turn thought past its budget N (into the grace, or up to a forced ``</think>``)."""
 
     @property
     def response_tokens(self) -> int:
@@ -109,7 +114,7 @@ def rollout(model, tok, envs: Sequence[Env], problems: Sequence[tuple[str, int, 
             opening = envs[i * n + j].reset(seed=env_seed, held_out=held_out)
             ep.tokens = chat_ids(tok, opening, True, cfg.thinking)
             ep.prompt_len = len(ep.tokens)
-            ep.mask, ep.logprobs = [0] * len(ep.tokens), [0.0] * len(ep.tokens)
+            ep.mask, ep.logprobs, ep.closed = [0] * len(ep.tokens), [0.0] * len(ep.tokens), [0] * len(ep.tokens)
             if ep.prompt_len >= cfg.max_len:
                 raise ValueError(f"{env_id} (seed {env_seed}) opens with {ep.prompt_len} tokens; raise "
                                  f"rollout.max_len above {cfg.max_len}")
@@ -146,11 +151,13 @@ def _run(model, requests: list[Request], cfg: RolloutConfig) -> None:
 
 def _advance(ep: Episode, env: Env, req: Request, tok, cfg: RolloutConfig, last_turn: bool) -> None:
     """Append a turn's sampled tokens, let the environment answer, append its reply (unmasked)."""
-    mask, n_think = _sampled_mask(req, tok)
+    mask, closed, n_think = _sampled_mask(req, tok)
     ep.tokens += req.tokens
     ep.mask += mask
+    ep.closed += closed
     ep.thinking_tokens += n_think
     ep.forced_tokens += len(mask) - sum(mask)
+    ep.over_budget |= ep.budget is not None and n_think > ep.budget
     ep.logprobs += req.logprobs
     ep.turns.append(list(req.tokens))
     if req.finish_reason != "stop":  # cut mid-turn: the answer never ended
@@ -169,42 +176,54 @@ def _advance(ep: Episode, env: Env, req: Request, tok, cfg: RolloutConfig, last_
     ep.tokens += reply
     ep.mask += [0] * len(reply)
     ep.logprobs += [0.0] * len(reply)
+    ep.closed += [0] * len(reply)
 
 
-def _sampled_mask(req: Request, tok) -> tuple[list[int], int]:
-    """Which of a finished request's tokens were sampled (1) rather than forced by its budget (0), and how
-    many were thinking tokens: the budget's tracker replayed over the tokens, which decides exactly what
-    the engine's tracker decided."""
+def _sampled_mask(req: Request, tok) -> tuple[list[int], list[int], int]:
+    """Which of a finished request's tokens were sampled (1) rather than forced by its budget (0), which were
+    drawn with the segment tokens masked, and how many were thinking tokens: the budget's tracker replayed
+    over the tokens, which decides exactly what the engine's tracker decided."""
     tracker = (req.budget or thinking_budget(tok, None)).track(req.prompt)
-    mask = []
+    mask, closed = [], []
     for t in req.tokens:
         mask.append(0 if req.budget is not None and tracker.forced() is not None else 1)
+        closed.append(int(req.budget is not None and tracker.closed))
         tracker.observe(t)
-    return mask, tracker.n_think
+    return mask, closed, tracker.n_think
 
 
 def batch_tensors(episodes: Sequence[Episode], pad_id: int) -> dict[str, torch.Tensor]:
     """Next-token training tensors: inputs (B, L-1), targets (B, L-1), mask (B, L-1) on the sampled targets,
-    rollout_logp (B, L-1) the engine's log p of each target (L: the longest episode)."""
+    rollout_logp (B, L-1) the engine's log p of each target, closed (B, L-1) where the engine drew the target
+    with the thinking-segment tokens masked (L: the longest episode)."""
     L = max(len(ep.tokens) for ep in episodes)
     B = len(episodes)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
     mask = torch.zeros(B, L)
     lp = torch.zeros(B, L)
+    closed = torch.zeros(B, L, dtype=torch.bool)
     for b, ep in enumerate(episodes):
         n = len(ep.tokens)
         ids[b, :n] = torch.tensor(ep.tokens)
         mask[b, :n] = torch.tensor(ep.mask, dtype=torch.float32)
         lp[b, :n] = torch.tensor(ep.logprobs)
-    return {"inputs": ids[:, :-1], "targets": ids[:, 1:], "mask": mask[:, 1:], "rollout_logp": lp[:, 1:]}
+        closed[b, :n] = torch.tensor(ep.closed, dtype=torch.bool)
+    return {"inputs": ids[:, :-1], "targets": ids[:, 1:], "mask": mask[:, 1:], "rollout_logp": lp[:, 1:],
+            "closed": closed[:, 1:]}
 
 
-def token_logprobs(model, inputs: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(model, inputs: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                   closed: torch.Tensor | None = None, segment_ids: Sequence[int] = ()) -> torch.Tensor:
     """(B, L) log p(target) under ``model`` at ``temperature`` (the distribution the engine samples from
-    when top-k and top-p are off)."""
+    when top-k and top-p are off), with ``segment_ids`` masked where ``closed`` (B, L) is set, as the
+    engine masks them once a budgeted turn's thinking segment has closed."""
     logits = model(inputs).logits  # (B, L, V) fp32
     if temperature != 1.0:
         logits = logits / temperature
+    if closed is not None and segment_ids and closed.any():
+        ban = torch.zeros(logits.size(-1), dtype=torch.bool, device=logits.device)
+        ban[list(segment_ids)] = True
+        logits = logits.masked_fill(closed[..., None] & ban, float("-inf"))  # (B, L, V)
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
 
 

@@ -4,7 +4,9 @@ Each step: choose ``prompts_per_step`` problems (environments by weight, problem
 curriculum), sample ``samples_per_prompt`` episodes of each on the inference engine, turn rewards
 into group-relative advantages (DAPO's overlong shaping and dynamic sampling where asked), score
 the sampled tokens under the pre-update parameters once, then run minibatch epochs of the chosen
-objective (``losses``), ESPO stopping them once the ratio drifts past delta. MoE routers keep
+objective (``losses``), ESPO stopping them once the ratio drifts past delta. With ``budget.prob`` > 0 a
+share of the prompt groups is rolled out under a sampled thinking budget and rewarded for the answer
+given under it (Nemotron 3 Nano's budget-control RL). MoE routers keep
 their aux-loss-free bias balancing after every optimizer step. Every random choice is a function
 of (seed, step), so a resumed run repeats the run it continues, metric for metric.
 """
@@ -33,7 +35,14 @@ from chimera.posttrain.losses import (
     policy_loss,
     stop_epochs,
 )
-from chimera.posttrain.rollout import Episode, RolloutConfig, batch_tensors, rollout, token_logprobs
+from chimera.posttrain.rollout import (
+    Episode,
+    RolloutConfig,
+    batch_tensors,
+    rollout,
+    thinking_budget,
+    token_logprobs,
+)
 from chimera.posttrain.sft import sft, solver_needs
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 from chimera.tokenizer import load_tokenizer
@@ -99,6 +108,65 @@ class SFTOptions:
 
 
 @dataclass
+class BudgetOptions:
+    """Budget-control RL: some prompt groups think under a sampled budget and are rewarded for the answer
+    given under it; all samples of a group share their budget, so advantages compare like with like."""
+
+    prob: float = 0.0
+    """Share of prompt groups rolled out under a thinking budget (0: off)."""
+    fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
+    """Budgets as fractions of the problem's reference trace (its solver's thinking tokens), one drawn
+    uniformly per group; 0 closes the thinking segment at once."""
+    tokens: tuple[int, ...] = ()
+    """(lo, hi): draw an absolute budget uniformly from lo..hi tokens instead of a fraction."""
+    over_penalty: float = 0.0
+    """Subtracted from the reward of an episode that thought past its budget (into the engine's grace)."""
+
+    def validate(self, thinking: bool) -> None:
+        if not 0.0 <= self.prob <= 1.0:
+            raise ValueError(f"budget.prob={self.prob} is the share of prompt groups run under a budget; give a "
+                             f"value in [0, 1]")
+        if self.prob == 0:
+            return
+        if not thinking:
+            raise ValueError("budget.prob > 0 limits thinking, but rollout.thinking is off; turn it on "
+                             "(--rollout.thinking) or set budget.prob 0")
+        if self.tokens:
+            if len(self.tokens) != 2 or not 0 <= self.tokens[0] <= self.tokens[1]:
+                raise ValueError(f"budget.tokens={tuple(self.tokens)} must be two token counts lo hi with "
+                                 f"0 <= lo <= hi (or empty: use budget.fractions)")
+        elif not self.fractions or any(not 0.0 <= f <= 4.0 for f in self.fractions):
+            raise ValueError(f"budget.fractions={tuple(self.fractions)} must be a non-empty list of fractions of the "
+                             f"reference trace in [0, 4] (e.g. 0 0.25 0.5 1)")
+        if not 0.0 <= self.over_penalty <= 1.0:
+            raise ValueError(f"budget.over_penalty={self.over_penalty} must be in [0, 1] (rewards are in [0, 1])")
+
+
+def reference_tokens(env: Env, tok, seed: int) -> int:
+    """Thinking tokens of the solver's first turn on training problem ``seed``: the reference trace that
+    ``budget.fractions`` scale."""
+    env.reset(seed=seed, held_out=False)
+    text = env.solve()
+    return len(tok.encode(text.split("</think>", 1)[0])) if "</think>" in text else 0
+
+
+def sample_budgets(opts: BudgetOptions, problems: list[tuple[str, int, bool]], envs: list[Env], tok, seed: int,
+                   step: int) -> list[int | None]:
+    """One thinking budget (None: unbudgeted) per prompt group, a pure function of (seed, step, group) so that
+    a resumed run draws the budgets the uninterrupted one drew; ``envs[i]`` serves group i's reference."""
+    out: list[int | None] = []
+    for i, (_, env_seed, _) in enumerate(problems):
+        rng = random.Random(f"{seed}/budget/{step}/{i}")
+        if opts.prob == 0 or rng.random() >= opts.prob:
+            out.append(None)
+        elif opts.tokens:
+            out.append(rng.randint(opts.tokens[0], opts.tokens[1]))
+        else:
+            out.append(round(rng.choice(opts.fractions) * reference_tokens(envs[i], tok, env_seed)))
+    return out
+
+
+@dataclass
 class PostTrainRunConfig(RunSettings):
     name: str = "posttrain"
     log_every: int = 1
@@ -130,6 +198,7 @@ class PostTrainConfig:
     optim: OptimOptions = field(default_factory=OptimOptions)
     curriculum: CurriculumOptions = field(default_factory=CurriculumOptions)
     sft: SFTOptions = field(default_factory=SFTOptions)
+    budget: BudgetOptions = field(default_factory=BudgetOptions)
     run: PostTrainRunConfig = field(default_factory=PostTrainRunConfig)
 
     def validate(self) -> None:
@@ -155,6 +224,7 @@ class PostTrainConfig:
             raise ValueError(f"rollout.temperature={self.rollout.temperature} must be positive for RL "
                              f"(greedy rollouts give every sample of a group the same reward)")
         self.objective.validate()
+        self.budget.validate(self.rollout.thinking)
 
 
 class Curriculum:
@@ -245,6 +315,7 @@ def env_metrics(episodes: list[Episode], prefix: str) -> dict[str, float]:
         out[f"{prefix}/pass_rate/{env}"] = mean([ep.info.get("correct", 0.0) for ep in eps])
         out[f"{prefix}/response_tokens/{env}"] = mean([ep.response_tokens for ep in eps])
         out[f"{prefix}/truncated/{env}"] = mean([float(ep.truncated) for ep in eps])
+        out[f"{prefix}/thinking_tokens/{env}"] = mean([ep.thinking_tokens for ep in eps])
         out[f"{prefix}/turns/{env}"] = mean([len(ep.turns) for ep in eps])
         if any("tool_calls" in ep.info for ep in eps):
             out[f"{prefix}/tool_calls/{env}"] = mean([ep.info.get("tool_calls", 0.0) for ep in eps])
@@ -267,9 +338,27 @@ def evaluate(model: HybridLM, tok, cfg: PostTrainConfig, pool: EnvPool) -> dict[
     return {**got, **baselines}
 
 
+def budget_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """``env_metrics`` split into budgeted and unbudgeted episodes, with the budgeted ones' mean budget and
+    share over budget."""
+    budgeted = [ep for ep in episodes if ep.budget is not None]
+    free = [ep for ep in episodes if ep.budget is None]
+    out = {**(env_metrics(budgeted, "budget/budgeted") if budgeted else {}),
+           **(env_metrics(free, "budget/unbudgeted") if free else {})}
+    for env in sorted({ep.env_id for ep in budgeted}):
+        eps = [ep for ep in budgeted if ep.env_id == env]
+        out[f"budget/budgeted/budget_tokens/{env}"] = sum(ep.budget for ep in eps) / len(eps)
+        out[f"budget/budgeted/over_budget/{env}"] = sum(ep.over_budget for ep in eps) / len(eps)
+    out["budget/share_budgeted"] = len(budgeted) / len(episodes)
+    return out
+
+
 def shaped_rewards(episodes: list[Episode], cfg: PostTrainConfig) -> torch.Tensor:
-    """(G, n) rewards, with DAPO's soft overlong penalty on the longest turn where asked."""
+    """(G, n) rewards, with DAPO's soft overlong penalty on the longest turn and the budget's over-budget
+    penalty where asked."""
     r = torch.tensor([ep.reward for ep in episodes])
+    if cfg.budget.over_penalty:
+        r = r - cfg.budget.over_penalty * torch.tensor([float(ep.over_budget) for ep in episodes])
     if cfg.objective.overlong == "soft":
         longest = torch.tensor([max(map(len, ep.turns)) for ep in episodes])
         r = r + overlong_penalty(longest, cfg.rollout.max_new_tokens,
@@ -287,10 +376,11 @@ def update(model: HybridLM, opt: torch.optim.Optimizer, episodes: list[Episode],
     if ob.overlong == "filter":
         mask = mask * torch.tensor([0.0 if ep.truncated else 1.0 for ep in episodes])[:, None]
     T = cfg.rollout.temperature
+    seg = (tok.token_id("<think>"), tok.token_id("</think>"))
     model.eval()
     with torch.no_grad():
-        old = token_logprobs(model, b["inputs"], b["targets"], T)
-        ref_lp = token_logprobs(ref, b["inputs"], b["targets"], T) if ref is not None else None
+        old = token_logprobs(model, b["inputs"], b["targets"], T, b["closed"], seg)
+        ref_lp = token_logprobs(ref, b["inputs"], b["targets"], T, b["closed"], seg) if ref is not None else None
     model.train()
     rows = torch.nonzero(mask.sum(1) > 0).flatten()
     stats: dict[str, list[float]] = {}
@@ -300,7 +390,7 @@ def update(model: HybridLM, opt: torch.optim.Optimizer, episodes: list[Episode],
     g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
     for _epoch in range(ob.epochs):
         for mb in rows[torch.randperm(len(rows), generator=g)].chunk(ob.minibatches):
-            logp = token_logprobs(model, b["inputs"][mb], b["targets"][mb], T)
+            logp = token_logprobs(model, b["inputs"][mb], b["targets"][mb], T, b["closed"][mb], seg)
             loss, m = policy_loss(logp, old[mb], mask[mb], adv[mb], lc, b["rollout_logp"][mb],
                                   None if ref_lp is None else ref_lp[mb])
             if steps and stop_epochs(lc, m["losses/ratio_dev"]):
@@ -389,8 +479,10 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         t0 = time.time()
         problems = choose_problems(cfg, curriculum, step)
         envs = pool.take([e for e, _, _ in problems for _ in range(cfg.samples_per_prompt)])
+        budgets = sample_budgets(cfg.budget, problems, envs[::cfg.samples_per_prompt], tok, cfg.run.seed, step)
         episodes = rollout(model, tok, envs, problems, cfg.samples_per_prompt, sampler, rc,
-                           seed=cfg.run.seed * 1_000_003 + step)
+                           seed=cfg.run.seed * 1_000_003 + step,
+                           budgets=[None if b is None else thinking_budget(tok, b) for b in budgets])
         t_roll = time.time() - t0
         rewards = shaped_rewards(episodes, cfg)
         n = cfg.samples_per_prompt
@@ -411,6 +503,8 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         done = step + 1
         sampled = sum(ep.response_tokens for ep in episodes)
         metrics.update(env_metrics(episodes, "charts"))
+        if cfg.budget.prob > 0:
+            metrics.update(budget_metrics(episodes))
         metrics["charts/frac_reward_zero_std"] = float((~keep_groups(rewards)).float().mean())
         metrics["charts/groups_kept"] = float(groups_kept.float().mean())
         metrics["charts/rollout_tokens_per_sec"] = sampled / max(t_roll, 1e-9)
