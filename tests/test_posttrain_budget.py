@@ -78,3 +78,34 @@ def test_bad_arguments_are_refused(kw, match):
     args = {"env_ids": ["reasoning/add"], "problems": 1, "fractions": (0.0, 1.0), **kw}
     with pytest.raises(ValueError, match=match):
         budget_curve(None, TOK, args.pop("env_ids"), **args)
+
+
+def test_budget_control_demonstrations_drop_or_cut_the_trace_and_keep_the_answer():
+    from chimera.posttrain.envs import make
+    from chimera.posttrain.sft import demonstration, sft_batch
+
+    env = make("reasoning/add")
+    full, _ = demonstration(env, TOK, seed=4)
+    trace, answer = env.solve().split("</think>")
+    off, off_mask = demonstration(env, TOK, seed=4, thinking=False)
+    half, _ = demonstration(env, TOK, seed=4, cut=0.5)
+    text = TOK.decode
+    assert text(full).endswith(f"<think>{trace}</think>{answer}")
+    assert text(off).endswith(f"<think></think>{answer}") and text([t for t, m in zip(off, off_mask) if m]) == answer
+    assert text(half).endswith(f"<think>{trace[:round(len(trace) / 2)]}</think>{answer}")
+    assert text(half).count("</think>") == text(off).count("</think>") == 1
+    lookup = make("tools/lookup")  # every turn of a multi-turn demonstration with thinking off closes once
+    tokens, _ = demonstration(lookup, TOK, seed=1, thinking=False)
+    assert text(tokens).count("</think>") == text(tokens).count("<|assistant|>") == 2
+    envs = {"reasoning/add": env}
+    x0, _ = sft_batch(envs, (1.0,), TOK, 64, 64, seed=0, step=0)
+    x1, _ = sft_batch(envs, (1.0,), TOK, 64, 64, seed=0, step=0, thinking_off=0.25, thinking_cut=0.25)
+    assert torch.equal(x1, sft_batch(envs, (1.0,), TOK, 64, 64, seed=0, step=0, thinking_off=0.25,
+                                     thinking_cut=0.25)[0])
+    rows = [text(r.tolist()) for r in x1]
+    n_off = sum("<think></think>" in r for r in rows)
+    assert 8 <= n_off <= 24 and not torch.equal(x0, x1)
+    with pytest.raises(ValueError, match="thinking_off"):
+        sft_batch(envs, (1.0,), TOK, 4, 64, seed=0, step=0, thinking_off=1.5)
+    with pytest.raises(ValueError, match="> 1"):
+        sft_batch(envs, (1.0,), TOK, 4, 64, seed=0, step=0, thinking_off=0.6, thinking_cut=0.6)

@@ -5,6 +5,11 @@ tool users, the CLRS algorithms' answers, the game's shortest-path solver.
 A demonstration is an episode played by ``env.solve()``: the same token layout as a rollout (the
 opening, each assistant turn, each environment reply as chat turns), with the loss on the
 assistant turns only. Unlike a rollout, the assistant turns are encoded from the solver's text.
+
+Budget control is taught as ``train-lm`` teaches it (``data.thinking_off`` / ``data.thinking_cut``): a
+share of the demonstrations has its reasoning removed (the thinking-off prompt, ``<think></think>``, then
+the answer) and a share has its first turn's trace cut at a random point, closed with ``</think>`` and
+followed by the original answer, so that the model answers when a budget closes its thinking early.
 """
 
 from __future__ import annotations
@@ -21,16 +26,21 @@ from chimera.posttrain.rollout import chat_ids
 IGNORE = -100
 
 
-def demonstration(env: Env, tok, seed: int, thinking: bool = True,
-                  held_out: bool = False) -> tuple[list[int], list[int]]:
-    """Tokens of one solved episode and its loss mask (1 on the assistant turns)."""
+def demonstration(env: Env, tok, seed: int, thinking: bool = True, held_out: bool = False,
+                  cut: float | None = None) -> tuple[list[int], list[int]]:
+    """Tokens of one solved episode and its loss mask (1 on the assistant turns). ``cut`` in [0, 1] keeps that
+    share of the first turn's trace (characters) before ``</think>``; with ``thinking`` off there is no trace."""
     tokens = chat_ids(tok, env.reset(seed=seed, held_out=held_out), True, thinking)
     mask = [0] * len(tokens)
-    for _ in range(max(1, env.max_turns)):
+    for turn in range(max(1, env.max_turns)):
         text = env.solve()
+        step_text = text
+        if "</think>" in text and (not thinking or (turn == 0 and cut is not None)):  # the prompt closed it
+            trace, answer = text.split("</think>", 1)
+            text = answer if not thinking else f"{trace[:round(cut * len(trace))]}</think>{answer}"
         ids = tok.encode(text)
         tokens, mask = tokens + ids, mask + [1] * len(ids)
-        result = env.step(text)
+        result = env.step(step_text)  # the environment grades the solver's answer, which a cut keeps
         if result.done:
             if result.reward != 1.0:
                 raise RuntimeError(f"{env.id}'s solver failed on seed {seed} (reward {result.reward}); fix the solver")
@@ -53,13 +63,35 @@ def solver_needs(env: Env, tok, seeds: int = 8, thinking: bool = True) -> tuple[
     return turn, episode
 
 
+def check_budget_shares(thinking_off: float, thinking_cut: float) -> None:
+    """Refuse shares of budget-control demonstrations that are not fractions of one batch."""
+    for name, frac in (("thinking_off", thinking_off), ("thinking_cut", thinking_cut)):
+        if not 0.0 <= frac <= 1.0:
+            raise ValueError(f"sft.{name}={frac} is a share of the demonstrations; give a value in [0, 1]")
+    if thinking_off + thinking_cut > 1.0:
+        raise ValueError(f"sft.thinking_off + sft.thinking_cut = {thinking_off + thinking_cut:g} > 1; they are "
+                         f"shares of the same demonstrations")
+
+
 def sft_batch(envs: dict[str, Env], weights: Sequence[float], tok, batch_size: int, pool_size: int, seed: int,
-              step: int, thinking: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """inputs (b, T) and targets (b, T) with IGNORE off the assistant turns: a pure function of (seed, step)."""
+              step: int, thinking: bool = True, thinking_off: float = 0.0,
+              thinking_cut: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """inputs (b, T) and targets (b, T) with IGNORE off the assistant turns: a pure function of (seed, step).
+    ``thinking_off`` / ``thinking_cut``: shares of demonstrations without reasoning / with a cut trace (no
+    extra random draw when both are 0, so such runs see the batches they always saw)."""
+    check_budget_shares(thinking_off, thinking_cut)
     rng = random.Random(f"{seed}/sft/{step}")
     ids = list(envs)
-    seqs = [demonstration(envs[e], tok, rng.randrange(pool_size), thinking)
-            for e in rng.choices(ids, weights=weights, k=batch_size)]
+    seqs = []
+    for e in rng.choices(ids, weights=weights, k=batch_size):
+        problem, on, cut = rng.randrange(pool_size), thinking, None
+        if thinking_off or thinking_cut:
+            r = rng.random()
+            if r < thinking_off:
+                on = False
+            elif r < thinking_off + thinking_cut:
+                cut = rng.random()
+        seqs.append(demonstration(envs[e], tok, problem, on, cut=cut))
     T = max(len(t) for t, _ in seqs) - 1
     x = torch.full((batch_size, T), tok.pad_id, dtype=torch.long)
     y = torch.full((batch_size, T), IGNORE, dtype=torch.long)
@@ -71,14 +103,15 @@ def sft_batch(envs: dict[str, Env], weights: Sequence[float], tok, batch_size: i
 
 
 def sft(model, envs: dict[str, Env], weights: Sequence[float], tok, steps: int, batch_size: int, lr: float,
-        pool_size: int, seed: int, thinking: bool = True, log=print, first_step: int = 0) -> list[float]:
-    """``steps`` AdamW steps of cross-entropy on demonstrations (batches ``first_step`` onwards); returns the
-    losses."""
+        pool_size: int, seed: int, thinking: bool = True, log=print, first_step: int = 0,
+        thinking_off: float = 0.0, thinking_cut: float = 0.0) -> list[float]:
+    """``steps`` AdamW steps of cross-entropy on demonstrations (batches ``first_step`` onwards), a
+    ``thinking_off`` / ``thinking_cut`` share of them budget-control ones; returns the losses."""
     opt = torch.optim.AdamW(model.param_groups(0.0), lr=lr, betas=(0.9, 0.95))
     model.train()
     losses = []
     for step in range(first_step, first_step + steps):
-        x, y = sft_batch(envs, weights, tok, batch_size, pool_size, seed, step, thinking)
+        x, y = sft_batch(envs, weights, tok, batch_size, pool_size, seed, step, thinking, thinking_off, thinking_cut)
         out = model(x)
         loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
         (loss if out.aux_loss is None else loss + out.aux_loss).backward()

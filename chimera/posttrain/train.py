@@ -43,7 +43,7 @@ from chimera.posttrain.rollout import (
     thinking_budget,
     token_logprobs,
 )
-from chimera.posttrain.sft import sft, solver_needs
+from chimera.posttrain.sft import check_budget_shares, sft, solver_needs
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 from chimera.tokenizer import load_tokenizer
 
@@ -105,6 +105,10 @@ class SFTOptions:
     the model, so that RL starts above zero)."""
     batch_size: int = 16
     lr: float = 1e-3
+    thinking_off: float = 0.0
+    """Share of demonstrations with the reasoning removed (thinking off), as train-lm's data.thinking_off."""
+    thinking_cut: float = 0.0
+    """Share of demonstrations whose trace is cut at a random point and closed with </think>, answer kept."""
 
 
 @dataclass
@@ -225,6 +229,7 @@ class PostTrainConfig:
                              f"(greedy rollouts give every sample of a group the same reward)")
         self.objective.validate()
         self.budget.validate(self.rollout.thinking)
+        check_budget_shares(self.sft.thinking_off, self.sft.thinking_cut)
 
 
 class Curriculum:
@@ -468,7 +473,8 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
     if start == 0 and cfg.sft.steps > 0:
         demo_envs = dict(zip(cfg.envs, pool.take(list(cfg.envs))))
         losses = sft(model, demo_envs, cfg.env_weights or (1.0,) * len(cfg.envs), tok, cfg.sft.steps,
-                     cfg.sft.batch_size, cfg.sft.lr, cfg.curriculum.pool_size, cfg.run.seed, cfg.rollout.thinking, log)
+                     cfg.sft.batch_size, cfg.sft.lr, cfg.curriculum.pool_size, cfg.run.seed, cfg.rollout.thinking, log,
+                     thinking_off=cfg.sft.thinking_off, thinking_cut=cfg.sft.thinking_cut)
         run.log(0, {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
         if ref is not None:  # the KL holds the policy near where RL starts: after the SFT stage
             ref.load_state_dict(model.state_dict())
