@@ -54,7 +54,7 @@ def test_bad_budget_options_are_refused(kw, match):
         pt.PostTrainConfig(budget=pt.BudgetOptions(**kw)).validate()
     with pytest.raises(ValueError, match=r"rollout\.thinking"):
         pt.PostTrainConfig(budget=pt.BudgetOptions(prob=0.5), rollout=pt.RolloutOptions(thinking=False)).validate()
-    with pytest.raises(ValueError, match="sft.thinking_cut"):
+    with pytest.raises(ValueError, match=r"sft\.thinking_cut"):
         pt.PostTrainConfig(sft=pt.SFTOptions(thinking_cut=-0.1)).validate()
 
 
