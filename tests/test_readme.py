@@ -32,6 +32,7 @@ PREFIX = ".venv/bin/chimera"
 NOT_RUN = {
     "make demo": "the flagship run itself (minutes); CI runs `make test`",
     "make test": "this test suite",
+    "make demo-agents": "the agents demo itself (minutes)",
     "pip install -e '.[serve]'": "CI installs the dev extra, which holds the serve packages",
 }
 
