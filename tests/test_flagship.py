@@ -111,5 +111,5 @@ def test_a_finished_stage_with_other_options_is_refused_not_silently_reused(toy)
     out = toy[0]
     cfg = toy_config(out)
     cfg.sft.steps = 5
-    with pytest.raises(ValueError, match="stage sft .* was finished with other options"):
+    with pytest.raises(ValueError, match=r"stage sft .* was finished with other options"):
         run_flagship(cfg, log=lambda *a, **k: None)
