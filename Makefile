@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: demo demo-lm test lint bench clean-venv
+.PHONY: demo demo-agents demo-lm test lint bench clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.core
 
 demo: $(VENV)/.envs
 	bash scripts/demo.sh
+
+demo-agents: $(VENV)/.envs
+	bash scripts/demo-agents.sh
 
 demo-lm: $(VENV)/.core
 	bash scripts/demo-lm.sh

@@ -476,6 +476,15 @@ def cmd_distill(argv: list[str]) -> int:
                           "named size) by logit KL on the train-lm loop and data.", distill)
 
 
+def cmd_flagship(argv: list[str]) -> int:
+    from chimera.config import parse_cli
+    from chimera.flagship import FlagshipConfig, run_flagship
+
+    cfg, _ = parse_cli(FlagshipConfig, argv, prog="chimera flagship", description=FlagshipConfig.__doc__)
+    run_flagship(cfg)
+    return 0
+
+
 def cmd_compress(argv: list[str]) -> int:
     from chimera.compress.search import Budget, SearchConfig, search
 
@@ -545,6 +554,7 @@ COMMANDS = {
     "prune": (cmd_prune, "prune a checkpoint by Minitron activation importance (width, depth, experts)"),
     "distill": (cmd_distill, "distil a teacher checkpoint into a student by logit KL (train-lm loop)"),
     "compress": (cmd_compress, "search pruned shapes under a parameter / memory budget, distil the best"),
+    "flagship": (cmd_flagship, "the whole recipe: pretrain, SFT, multi-env RL, prune + distil, serving checks"),
     "nethack": (cmd_nethack, "NetHack Challenge evaluation of the random / symbolic agents (median score)"),
     "report": (cmd_report, "plot a run's metrics and print their last values"),
 }

@@ -1,6 +1,6 @@
-"""The flagship demo's report: evaluate a finished demo run and write results/demo.json.
+"""The agents demo's report (make demo-agents): evaluate a finished demo run and write results/demo_agents.json.
 
-Called by scripts/demo.sh after training, with the training's wall and CPU seconds:
+Called by scripts/demo-agents.sh after training, with the training's wall and CPU seconds:
 
     python scripts/demo_report.py runs/demo-20261129-101517 --wall-s 852 --cpu-s 834
 
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--wall-s", type=float, required=True, help="wall seconds the training took")
     ap.add_argument("--cpu-s", type=float, required=True, help="CPU seconds (user + system) the training took")
     ap.add_argument("--episodes", type=int, default=20)
-    ap.add_argument("--out", default=str(ROOT / "results" / "demo.json"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "demo_agents.json"))
     a = ap.parse_args()
     run = Path(a.run_dir)
     cfg = load_preset(TrainRLConfig, run / "config.json")
@@ -75,7 +75,7 @@ def main() -> None:
         print(f"{task:<32}{r['episodes']:>9}{r['return']:>10.2f}{success:>10}")
     baseline = {t: random_policy(t, cfg, 100) for t in cfg.tasks if t.startswith("minihack/")}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    report = {"command": "bash scripts/demo.sh", "commit": commit.stdout.strip(), "run": str(run),
+    report = {"command": "bash scripts/demo-agents.sh", "commit": commit.stdout.strip(), "run": str(run),
               "steps": int(rows[-1]["step"]) if rows else 0, "tasks": list(cfg.tasks),
               "wall_min": round(a.wall_s / 60, 1), "cpu_min": round(a.cpu_s / 60, 1),
               "training_first_last": training,

@@ -70,12 +70,14 @@ def test_presets_in_configs_load():
     from pathlib import Path
 
     from chimera.clrs.train import TrainCLRSConfig
+    from chimera.flagship import FlagshipConfig
     from chimera.posttrain.train import PostTrainConfig
     from chimera.rl.train import TrainRLConfig
 
     presets = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.json"))
     assert presets
-    kinds = {"rl-": TrainRLConfig, "demo.json": TrainRLConfig, "clrs-": TrainCLRSConfig, "posttrain": PostTrainConfig}
+    kinds = {"rl-": TrainRLConfig, "demo.json": TrainRLConfig, "clrs-": TrainCLRSConfig, "posttrain": PostTrainConfig,
+             "flagship": FlagshipConfig}
     for p in presets:
         cls = next((c for prefix, c in kinds.items() if p.name.startswith(prefix)), TrainLMConfig)
         load_preset(cls, p).validate()

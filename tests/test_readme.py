@@ -32,6 +32,7 @@ PREFIX = ".venv/bin/chimera"
 NOT_RUN = {
     "make demo": "the flagship run itself (minutes); CI runs `make test`",
     "make test": "this test suite",
+    "make demo-agents": "the agents demo itself (minutes)",
     "pip install -e '.[serve]'": "CI installs the dev extra, which holds the serve packages",
 }
 
@@ -48,6 +49,14 @@ TOY = {
     ("distill",): ["--steps", "2", "--run.eval-every", "2", "--run.eval-samples", "4"],
     ("compress",): ["--score-steps", "1", "--distill-steps", "1", "--calib-samples", "8", "--eval-samples", "4"],
     ("nethack", "eval"): ["--episodes", "2"],
+    ("flagship",): ["--pretrain.steps", "4", "--pretrain.data.batch-size", "4", "--pretrain.data.seq-len", "64",
+                    "--pretrain.run.eval-every", "4", "--pretrain.run.eval-samples", "2", "--sft.steps", "4",
+                    "--sft.data.batch-size", "4", "--sft.data.seq-len", "64", "--sft.run.eval-every", "4",
+                    "--sft.run.eval-samples", "2", "--rl.steps", "1", "--rl.prompts-per-step", "5",
+                    "--rl.samples-per-prompt", "2", "--rl.sft.steps", "2", "--rl.sft.batch-size", "4",
+                    "--rl.rollout.max-new-tokens", "24", "--compress.distill-steps", "2", "--compress.batch-size", "2",
+                    "--compress.calib-samples", "4", "--serve.budget-problems", "2", "--serve.speed-prompts", "1",
+                    "--serve.max-new-tokens", "8", "--run.eval-problems", "1", "--run.results", ""],
     ("clrs", "train"): ["--steps", "2", "--batch-size", "4", "--val-samples", "4", "--test-samples", "4",
                         "--eval-every", "2"],
 }
