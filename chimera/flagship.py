@@ -162,6 +162,15 @@ class Pipeline:
                "serve": to_dict(c.serve)}[stage]
         return json.loads(json.dumps({**own, "eval_problems": c.run.eval_problems, "seed": c.run.seed}))
 
+    def effective_options(self) -> dict:
+        """The options as the stages use them: the pipeline sets the stages' own model and envs fields."""
+        d = to_dict(self.cfg)
+        d["pretrain"]["model"] = self.cfg.model
+        d["sft"]["model"] = f"the pretrain stage's model ({self.stage_dir('pretrain') / 'stage.json'}: model)"
+        d["rl"]["model"] = f"the sft stage's model ({self.stage_dir('sft') / 'stage.json'}: model)"
+        d["rl"]["envs"] = list(self.cfg.envs)
+        return d
+
     def done(self, stage: str) -> dict | None:
         """A finished stage's summary (None if it has not finished); a stage finished with other options is refused."""
         p = self.stage_dir(stage) / "stage.json"
@@ -405,7 +414,7 @@ class Pipeline:
     def run(self) -> dict:
         torch.set_num_threads(max(1, self.cfg.run.threads))
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
+        (self.dir / "config.json").write_text(json.dumps(self.effective_options(), indent=2) + "\n")
         summaries = {}
         for i, stage in enumerate(STAGES, start=1):
             prior = self.done(stage)
@@ -421,7 +430,7 @@ class Pipeline:
             if "accuracy" in summaries[stage]:
                 if "accuracy_before_rl" in summaries[stage]:
                     self.log(_fmt_env_line("rl start (after demos SFT)", summaries[stage]["accuracy_before_rl"]))
-                self.log(_fmt_env_line(stage, summaries[stage]["accuracy"]))
+                self.log(_fmt_env_line("student" if stage == "compress" else stage, summaries[stage]["accuracy"]))
         result = self.report(summaries)
         return result
 

@@ -76,7 +76,10 @@ def test_toy_pipeline_runs_every_stage_and_writes_the_table(toy):
         assert Path(p).is_file(), p
     assert all(result["plots"]["learning_curves"][s] for s in ("pretrain", "sft", "rl", "compress"))
     # one line per environment after each stage, and the final table
-    assert sum(line.startswith("[student] held-out") or line.startswith("[compress] held-out") for line in second) == 1
+    assert sum(line.startswith("[student] held-out") for line in second) == 1
+    saved = json.loads((out / "config.json").read_text())  # the models the stages really started from
+    assert saved["pretrain"]["model"] == "tiny-mtp" and "pretrain stage's model" in saved["sft"]["model"]
+    assert "sft stage's model" in saved["rl"]["model"] and saved["rl"]["envs"] == list(ENVS)
     assert any("== flagship: held-out success per environment" in line for line in second)
 
 
