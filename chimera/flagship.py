@@ -90,6 +90,19 @@ class FlagshipRunOptions:
     plots: bool = True
 
 
+PIPELINE_SET = {"model": "--model for pretrain; sft and rl start from the previous stage's model",
+                "envs": "--envs", "run.name": "the stage's name", "run.out_dir": "--run.out-dir",
+                "run.threads": "--run.threads", "run.seed": "--run.seed", "run.plots": "--run.plots",
+                "run.eval_problems": "--run.eval-problems"}
+"""Fields of the stages' own configs that the pipeline sets, and the flagship option (or rule) that does."""
+
+
+def _field(cfg, path: str):
+    for name in path.split("."):
+        cfg = getattr(cfg, name, None)
+    return cfg
+
+
 @dataclass
 class FlagshipConfig:
     """Run the Nemotron 3 recipe in miniature end to end: pretrain -> SFT (reasoning traces, budget control)
@@ -114,6 +127,8 @@ class FlagshipConfig:
         from chimera.models.config import SIZES
         from chimera.posttrain.envs import list_ids
 
+        self._refuse_pipeline_fields()
+
         if self.model not in SIZES:
             raise ValueError(f"model={self.model!r} is not a named size ({', '.join(SIZES)})")
         if not SIZES[self.model]().mtp_depths:
@@ -135,6 +150,18 @@ class FlagshipConfig:
         bad = [f for f in self.serve.budget_fractions if f < 0]
         if bad:
             raise ValueError(f"serve.budget_fractions has negative fractions {bad}; use 0 (no thinking) to 1 (full)")
+
+    def _refuse_pipeline_fields(self) -> None:
+        """A stage option the pipeline would overwrite is an error, not silently ignored."""
+        default = FlagshipConfig()
+        for stage in ("pretrain", "sft", "rl"):
+            own = getattr(self, stage)
+            bare = type(own)()  # a preset's stage section starts from the stage config's own defaults
+            for path, by in PIPELINE_SET.items():
+                mine = _field(own, path)
+                if mine not in (_field(getattr(default, stage), path), _field(bare, path)):
+                    raise ValueError(f"{stage}.{path}={mine!r}: the pipeline sets this field ({by}); leave "
+                                     f"--{stage}.{path.replace('_', '-')} out")
 
 
 def _fmt_env_line(stage: str, acc: dict[str, float]) -> str:
@@ -386,12 +413,12 @@ class Pipeline:
         s = self.cfg.serve
         models = {"student": Path(self.done("compress")["model"]), "rl": Path(self.done("rl")["model"])}
         out: dict = {"budget": {}, "decode": {}}
-        task = next(e for e in self.cfg.envs if e.startswith("reasoning/")).removeprefix("reasoning/")
+        env_id = next(e for e in self.cfg.envs if e.startswith("reasoning/"))
+        task = env_id.removeprefix("reasoning/")
         for name, path in models.items():
             model = HybridLM.from_pretrained(path, dtype=torch.float32).eval()
             tok = load_tokenizer(path)
-            out["budget"][name] = accuracy_vs_budget(model, tok, task, s.budget_problems, s.budget_fractions,
-                                                     self.cfg.run.seed, log=self.log)
+            out["budget"][name] = accuracy_vs_budget(model, tok, env_id, s.budget_problems, s.budget_fractions)
             self.log(f"[serve] {name} accuracy vs thinking budget ({task}): " + "  ".join(
                 f"{k} {v['accuracy']:.3f}" for k, v in out["budget"][name].items()))
             out["decode"][name] = decode_speed(model, tok, task, s.speed_prompts, s.max_new_tokens,
@@ -503,36 +530,14 @@ def example_prompt(task: str, seed: int) -> str:
     return TaskBatcher((task,), 96, 1, seed).held_out(1)[0][1].prompt
 
 
-@torch.no_grad()
-def accuracy_vs_budget(model, tok, task: str, n: int, fractions, seed: int, log=print) -> dict[str, dict]:
-    """Held-out accuracy of greedy answers when the thinking is capped at a fraction of each problem's natural
-    (reference) trace length (chimera.inference.ThinkingBudget; problems that share a budget decode together)."""
-    from chimera.data.batching import TaskBatcher, parse_answer, prompt_tokens
-    from chimera.inference import SamplingConfig, ThinkingBudget, generate
+def accuracy_vs_budget(model, tok, env_id: str, n: int, fractions) -> dict[str, dict]:
+    """``chimera.posttrain.budget.budget_curve`` on one environment, keyed by fraction ("25%"): held-out greedy
+    accuracy with the thinking capped at that share of each problem's natural (unbudgeted greedy) trace."""
+    from chimera.posttrain.budget import budget_curve
 
-    batcher = TaskBatcher((task,), 96, 1, seed)
-    items = [ex for _, ex in batcher.held_out(n)]
-    verify = batcher.tasks[0].verify
-    out = {}
-    t = time.time()
-    for i, f in enumerate(fractions):
-        by_budget: dict[int, list] = {}
-        for ex in items:
-            by_budget.setdefault(round(f * len(tok.encode(ex.thinking))), []).append(ex)
-        correct, used = 0, []
-        for budget, exs in sorted(by_budget.items()):
-            b = ThinkingBudget(budget, tok.token_id("<think>"), tok.token_id("</think>"), tok.newline_ids)
-            outs = generate(model, [prompt_tokens(tok, ex.prompt, True) for ex in exs],
-                            SamplingConfig(max_new_tokens=160, stop_tokens=(tok.eos_id,)), budget=b)
-            end = tok.token_id("</think>")
-            for ex, o in zip(exs, outs):
-                correct += verify(ex.prompt, parse_answer(tok.decode(o)))
-                used.append(o.index(end) if end in o else len(o))
-        out[f"{round(100 * f)}%"] = {"accuracy": correct / len(items), "mean_thinking_tokens": sum(used) / len(used)}
-        done = i + 1
-        log(f"budget {done}/{len(fractions)}  {round(100 * f)}% of the trace: accuracy {correct / len(items):.3f}  "
-            f"eta {(len(fractions) - done) * (time.time() - t) / done:.0f} s")
-    return out
+    c = budget_curve(model, tok, [env_id], n, fractions)["envs"][env_id]
+    return {f"{round(100 * f)}%": {"accuracy": a, "mean_thinking_tokens": t, "natural_tokens": c["natural_tokens"]}
+            for f, a, t in zip(fractions, c["accuracy"], c["thinking_tokens"])}
 
 
 @torch.no_grad()

@@ -205,3 +205,18 @@ def test_report_aligns_long_metric_names(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "(step" in line]
     assert len(lines) == 2 and len({line.index("(step") for line in lines}) == 1, lines
     assert (tmp_path / "plots" / "charts.png").exists()
+
+
+def test_run_headers_name_the_precision_and_the_core_cleanly(tmp_path, capsys):
+    """The first line of a run says what trains: train-lm names dtype and GEMM precision, train-rl the core
+    without a stray space before the comma."""
+    assert main(["train-lm", "--model", "tiny", "--steps", "1", "--data.seq-len", "64", "--data.batch-size", "2",
+                 "--precision", "nvfp4", "--run.out-dir", str(tmp_path / "lm"), "--run.eval-samples", "1",
+                 "--run.no-plots"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("run "))
+    assert "1 steps, float32 with nvfp4 GEMMs" in header
+    assert main(["train-rl", "--tasks", "gym/CartPole", "--num-envs", "2", "--total-steps", "32",
+                 "--ppo.num-steps", "16", "--ppo.minibatches", "2", "--agent.core", "mlp",
+                 "--run.out-dir", str(tmp_path / "rl"), "--run.no-plots"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("run "))
+    assert "core mlp, 1 iterations" in header and " ," not in header

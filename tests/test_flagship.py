@@ -116,3 +116,20 @@ def test_a_finished_stage_with_other_options_is_refused_not_silently_reused(toy)
     cfg.sft.steps = 5
     with pytest.raises(ValueError, match=r"stage sft .* was finished with other options"):
         run_flagship(cfg, log=lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("flag, value, by", [
+    ("--pretrain.model", "small", "--model"), ("--sft.model", "runs/x/model", "previous stage"),
+    ("--rl.model", "runs/x/model", "previous stage"), ("--rl.envs", "reasoning/add", "--envs"),
+    ("--sft.run.seed", "3", "--run.seed"), ("--rl.run.eval-problems", "3", "--run.eval-problems")])
+def test_a_stage_option_the_pipeline_sets_is_refused_not_silently_overwritten(flag, value, by):
+    argv = ["--preset", str(ROOT / "configs" / "flagship.json"), flag, value]
+    with pytest.raises(ValueError, match=rf"the pipeline sets this field \(.*{by}.*\); leave {flag} out"):
+        parse_cli(FlagshipConfig, argv, prog="chimera flagship", description="")
+
+
+def test_the_preset_and_the_pipelines_own_options_pass():
+    argv = ["--preset", str(ROOT / "configs" / "flagship.json"), "--model", "small-mtp", "--envs", "reasoning/add",
+            "--run.seed", "3", "--sft.steps", "5"]
+    cfg, _ = parse_cli(FlagshipConfig, argv, prog="chimera flagship", description="")
+    assert (cfg.model, cfg.envs, cfg.run.seed, cfg.sft.steps) == ("small-mtp", ("reasoning/add",), 3, 5)

@@ -203,8 +203,7 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
     cfg.validate()
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
-    world = distributed.init("ddp")
-    try:
+    with distributed.session("ddp") as world:
         if world.distributed and cfg.aggregator != "sum":
             raise ValueError(f"clrs train under torchrun splits the algorithms among the processes, which sums their "
                              f"gradients; --aggregator {cfg.aggregator} needs every task gradient in one process: "
@@ -213,8 +212,6 @@ def train_clrs(cfg: TrainCLRSConfig, resume: str | None = None, log=print) -> tu
             raise ValueError(f"clrs train splits the algorithms among the processes: {world.size} processes need "
                              f"at least {world.size} algorithms (got {len(cfg.algorithms)})")
         return _train_clrs(cfg, resume, log if world.main else (lambda *a, **k: None), world)
-    finally:
-        distributed.shutdown(world)
 
 
 def _train_clrs(cfg: TrainCLRSConfig, resume: str | None, log, world: distributed.World) -> tuple[Run | None, dict]:

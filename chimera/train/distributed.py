@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -71,10 +72,33 @@ def refuse_torchrun(command: str) -> None:
                           f"run under torchrun; docs/SCALING.md)")
 
 
-def shutdown(world: World) -> None:
-    """Leave the process group (after the last collective)."""
-    if world.distributed and dist.is_initialized():
+def shutdown(world: World, clean: bool = True) -> None:
+    """Leave the process group. After a clean finish every rank first waits at a barrier, so none
+    leaves while rank 0 is still saving (a rank that exits with the group alive, or with collective
+    work still referenced, can abort in gloo's threads at interpreter exit: SIGABRT, "terminate called
+    without an active exception"); then the garbage of the run (DDP's reducer holds the group) is
+    collected before the group is destroyed. After an error there is no barrier: the other ranks may
+    never reach it."""
+    if not (world.distributed and dist.is_initialized()):
+        return
+    try:
+        if clean:
+            dist.barrier()
+    finally:
+        gc.collect()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(parallel: Parallel = "ddp") -> Iterator[World]:
+    """``init``, then ``shutdown`` on the way out: with the barrier after a clean finish, without after an error."""
+    world = init(parallel)
+    try:
+        yield world
+    except BaseException:
+        shutdown(world, clean=False)
+        raise
+    shutdown(world)
 
 
 def micro_steps(grad_accum: int, world: World, batch_size: int | None = None) -> range:

@@ -167,11 +167,8 @@ def train(cfg: TrainLMConfig, resume: str | None = None, log=print,
     terms stay)."""
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
-    world = distributed.init(cfg.parallel)
-    try:
+    with distributed.session(cfg.parallel) as world:
         return _train(cfg, resume, log if world.main else _silent, objective, world)
-    finally:
-        distributed.shutdown(world)
 
 
 def _silent(*args, **kwargs) -> None:
