@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -581,7 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[name][0](rest)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"chimera {name}: error: {e}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))  # under torchrun
+        if rank == 0:
+            print(f"chimera {name}: error: {e}", file=sys.stderr)
+        elif not isinstance(e, ConfigError):  # a bad config fails alike on every rank: rank 0 said it
+            print(f"chimera {name} (rank {rank}): error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"chimera {name}: {_interrupted(name, rest)}", file=sys.stderr)

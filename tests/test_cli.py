@@ -220,3 +220,16 @@ def test_run_headers_name_the_precision_and_the_core_cleanly(tmp_path, capsys):
                  "--run.out-dir", str(tmp_path / "rl"), "--run.no-plots"]) == 0
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("run "))
     assert "core mlp, 1 iterations" in header and " ," not in header
+
+
+def test_under_torchrun_a_config_error_is_printed_by_rank_0_alone(tmp_path, capsys, monkeypatch):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({"stepz": 3}))
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train-lm", "--preset", str(p)]) == 2
+    assert capsys.readouterr().err == ""  # the same error on every rank: only rank 0 prints it
+    assert main(["generate", str(tmp_path / "missing"), "--prompt", "1+1="]) == 2
+    assert "chimera generate (rank 1): error:" in capsys.readouterr().err  # may be this rank's own: printed
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train-lm", "--preset", str(p)]) == 2
+    assert "unknown key 'stepz'" in capsys.readouterr().err
