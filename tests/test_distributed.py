@@ -253,3 +253,18 @@ def test_post_train_checkpoint_from_two_processes_resumes_in_one_with_the_same_n
     (run / "checkpoints" / "latest").write_text("step_00000002.pt")
     _post_train_single([], resume=str(run))
     _assert_same_metrics(_metric_rows(run), _metric_rows(post_train_one))
+
+
+def test_post_train_with_fewer_groups_and_demonstrations_than_processes_runs_as_one_process(tmp_path):
+    """One prompt group and SFT batches of one: rank 1 rolls out, scores and trains nothing, yet takes part in
+    every collective (a skipped one deadlocks or mismatches), so the run is rank 0's, i.e. one process's."""
+    flags = ["--model", "tiny-moe", "--envs", "reasoning/add", "--steps", "2", "--prompts-per-step", "1",
+             "--samples-per-prompt", "3", "--rollout.max-new-tokens", "40", "--rollout.max-len", "400",
+             "--objective.algo", "dr_grpo", "--objective.kl-beta", "0.05", "--objective.overlong", "soft",
+             "--objective.overlong-cache", "40", "--sft.steps", "10", "--sft.batch-size", "1", "--sft.lr", "3e-3",
+             "--run.eval-problems", "1", "--run.no-plots", "--run.threads", "1"]
+    ref = _post_train_single([*flags, "--run.out-dir", str(tmp_path / "one")])
+    two = _torchrun(flags, tmp_path / "two", command=("post-train",))
+    rows = _metric_rows(ref)
+    assert any(r.get("losses/policy_loss") for r in rows)  # a real update happened
+    assert _assert_same_metrics(_metric_rows(two), rows) < 1e-6

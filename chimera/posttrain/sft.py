@@ -119,11 +119,11 @@ def sft(model, envs: dict[str, Env], weights: Sequence[float], tok, steps: int, 
         x, y = sft_batch(envs, weights, tok, batch_size, pool_size, seed, step, thinking, thinking_off, thinking_cut)
         x, y = x[rows.start:rows.stop], y[rows.start:rows.stop]
         here = (y != IGNORE).sum()
+        share = here / distributed.total(here, world).clamp(min=1)  # every rank, even one without rows
         loss = torch.zeros(())
         if len(rows):  # this rank's share of the batch mean: its mean times its share of the tokens
             out = model(x)
-            loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-            loss = loss * (here / distributed.total(here, world).clamp(min=1))
+            loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE) * share
             aux = None if out.aux_loss is None else out.aux_loss * (len(rows) / batch_size)  # a mean over rows
             (loss if aux is None else loss + aux).backward()
         distributed.sum_gradients(model, world)
