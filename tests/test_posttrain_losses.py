@@ -133,7 +133,7 @@ class Ranks:
 
     def __init__(self, size: int):
         self.slots: list[torch.Tensor | None] = [None] * size
-        self.barrier = threading.Barrier(size)
+        self.barrier = threading.Barrier(size, timeout=30)  # a thread that raised breaks it, not hangs it
 
     def total(self, rank: int):
         def f(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
