@@ -1,10 +1,13 @@
-"""Scale-out throughput: train-lm in 1 and 2 processes (torchrun, DDP and FSDP2 on gloo), train-rl with the
-in-process, subprocess and Ray vector backends at the same env count, and those vector envs alone (random
-actions, no learner). Writes results/scaling.json.
+"""Scale-out throughput: train-lm in 1 and 2 processes (torchrun, DDP and FSDP2 on gloo), post-train in 1 and
+2 processes (rollout tokens/s and steps/s at the same global batch), train-rl with the in-process, subprocess
+and Ray vector backends at the same env count, and those vector envs alone (random actions, no learner).
+Writes results/scaling.json.
 
 Each configuration is the real command (`python -m chimera ...`, `python -m torch.distributed.run ...`) in
 its own process; steps/s come from the run's metrics.jsonl timestamps (train-lm: optimizer steps after the
-first, which includes start-up; train-rl: the logged charts/SPS of every iteration after the first).
+first, which includes start-up; post-train: the logged charts/rollout_tokens_per_sec of every step after the
+first, sampled tokens of all ranks over rank 0's rollout time including the gather, and steps/s from the
+timestamps; train-rl: the logged charts/SPS of every iteration after the first).
 Process start-up, Ray's start and the final evaluation are not counted.
 
     python bench/scaling.py
@@ -56,6 +59,23 @@ def lm_steps_per_s(nproc: int, parallel: str, args, tmp: Path) -> dict:
             "steps_per_s": (len(rows) - 1) / dt, "final_loss": rows[-1]["losses/train_loss"]}
 
 
+def posttrain_rates(nproc: int, args, tmp: Path) -> dict:
+    """post-train from a random model: every turn runs to max_new_tokens, so each step samples the same
+    number of tokens whatever the world size."""
+    flags = ["post-train", "--model", args.model, "--envs", "reasoning/add", "json/record", "--steps",
+             str(args.pt_steps), "--prompts-per-step", str(args.pt_prompts), "--samples-per-prompt", "4",
+             "--rollout.max-new-tokens", "40", "--rollout.max-len", "400", "--run.eval-problems", "1",
+             "--run.ckpt-every", str(10 * args.pt_steps), "--run.no-plots", "--run.threads", "1"]
+    launcher = ([sys.executable, "-m", "chimera"] if nproc == 1 else
+                [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                 "-m", "chimera"])
+    rows = [r for r in _rows(_run([*launcher, *flags], tmp)) if "charts/rollout_tokens_per_sec" in r]
+    dt = rows[-1]["time"] - rows[0]["time"]
+    return {"processes": nproc, "rollout_tokens_per_s": statistics.median(r["charts/rollout_tokens_per_sec"]
+                                                                           for r in rows[1:]),
+            "steps_per_s": (len(rows) - 1) / dt}
+
+
 def rl_steps_per_s(vector: str, args, tmp: Path) -> dict:
     cmd = [sys.executable, "-m", "chimera", "train-rl", "--tasks", args.rl_task, "--num-envs", str(args.num_envs),
            "--total-steps", str(args.rl_steps), "--ppo.num-steps", "64", "--vector", vector, "--workers",
@@ -89,6 +109,8 @@ def main() -> None:
     ap.add_argument("--lm-steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch")
     ap.add_argument("--grad-accum", type=int, default=2, help="micro-batches per step (a multiple of 2)")
+    ap.add_argument("--pt-steps", type=int, default=6)
+    ap.add_argument("--pt-prompts", type=int, default=8, help="post-train prompt groups per step (4 samples each)")
     ap.add_argument("--rl-task", default="minihack/Room-5x5")
     ap.add_argument("--num-envs", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
@@ -101,6 +123,8 @@ def main() -> None:
         print("train-lm", flush=True)
         lm = [lm_steps_per_s(n, p, args, Path(tempfile.mkdtemp(dir=tmp)))
               for n, p in ((1, "ddp"), (2, "ddp"), (2, "fsdp"))]
+        print("post-train", flush=True)
+        pt = [posttrain_rates(n, args, Path(tempfile.mkdtemp(dir=tmp))) for n in (1, 2)]
         print("train-rl", flush=True)
         rl = [rl_steps_per_s(v, args, Path(tempfile.mkdtemp(dir=tmp))) for v in ("inprocess", "subprocess", "ray")]
     print("vector envs alone", flush=True)
@@ -109,6 +133,9 @@ def main() -> None:
     for r in lm:
         r["speedup"] = r["steps_per_s"] / base_lm
         r["efficiency"] = r["speedup"] / r["processes"]
+    for r in pt:
+        r["rollout_speedup"] = r["rollout_tokens_per_s"] / pt[0]["rollout_tokens_per_s"]
+        r["steps_speedup"] = r["steps_per_s"] / pt[0]["steps_per_s"]
     for r in rl:
         r["vs_inprocess"] = r["env_steps_per_s"] / base_rl
     for r in vec:
@@ -117,6 +144,9 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
         "train_lm": {"model": args.model, "global_batch": args.batch_size * args.grad_accum,
                      "micro_batch": args.batch_size, "steps": args.lm_steps, "backend": "gloo (CPU)", "runs": lm},
+        "post_train": {"model": args.model, "envs": ["reasoning/add", "json/record"], "prompts_per_step":
+                       args.pt_prompts, "samples_per_prompt": 4, "max_new_tokens": 40, "steps": args.pt_steps,
+                       "backend": "gloo (CPU)", "runs": pt},
         "train_rl": {"task": args.rl_task, "num_envs": args.num_envs, "total_steps": args.rl_steps, "runs": rl},
         "vector_only": {"task": args.rl_task, "num_envs": args.num_envs, "workers": args.workers,
                         "steps": args.vector_steps, "runs": vec},
@@ -126,6 +156,9 @@ def main() -> None:
     for r in lm:
         print(f"train-lm {r['processes']} proc {r['parallel']:<5} {r['steps_per_s']:6.2f} steps/s  "
               f"x{r['speedup']:.2f} (efficiency {r['efficiency']:.2f})")
+    for r in pt:
+        print(f"post-train {r['processes']} proc {r['rollout_tokens_per_s']:8.0f} rollout tok/s  "
+              f"x{r['rollout_speedup']:.2f}  {r['steps_per_s']:5.2f} steps/s  x{r['steps_speedup']:.2f}")
     for r in rl:
         print(f"train-rl {r['vector']:<10} {r['env_steps_per_s']:8.0f} env steps/s  x{r['vs_inprocess']:.2f}")
     for r in vec:

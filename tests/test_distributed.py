@@ -1,5 +1,6 @@
 """train-lm under torchrun with 2 processes on gloo: DDP and FSDP2 log the losses of one process at the same
-global batch, write the same model/, and a checkpoint from 2 processes resumes in one."""
+global batch, write the same model/, and a checkpoint from 2 processes resumes in one; the same for distill,
+clrs train and post-train (each rank rolling out its block of the prompt groups)."""
 
 import json
 import os
@@ -137,15 +138,11 @@ def test_clrs_train_in_two_processes_splits_the_algorithms_and_logs_the_losses_o
 
 def test_learners_without_a_data_parallel_path_refuse_torchrun(monkeypatch, tmp_path):
     from chimera.config import ConfigError
-    from chimera.posttrain.train import PostTrainConfig
-    from chimera.posttrain.train import train as post_train
     from chimera.rl.train import RLRunConfig, TrainRLConfig, train_rl
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="train-rl does not run data-parallel yet, and torchrun started 2"):
         train_rl(TrainRLConfig(run=RLRunConfig(out_dir=str(tmp_path))))
-    with pytest.raises(ConfigError, match="post-train does not run data-parallel yet"):
-        post_train(PostTrainConfig())
     assert not any(tmp_path.iterdir())  # refused before a run folder was made
 
 
@@ -166,3 +163,108 @@ def test_distill_in_two_processes_logs_the_kl_of_one(one_process, tmp_path):
     two = _torchrun(flags, tmp_path / "two", command=("distill",))
     _assert_close(_rows(two, "losses/train_loss"), _rows(ref.path, "losses/train_loss"), rel=1e-4)
     _assert_close(_rows(two, "eval/kl"), _rows(ref.path, "eval/kl"), rel=1e-4)
+
+
+# post-train: SFT on demonstrations (so that turns end and lengths differ), then ESPO with DAPO's dynamic sampling
+# and soft overlong shaping over 2 minibatches x up to 3 epochs, stopped at delta mid-step; 5 groups (3 + 2
+# per rank), an MoE model (bias balancing), held-out evaluation before and after, checkpoints at steps 2 and 3
+PT_STEPS = 3
+PT_FLAGS = ["--model", "tiny-moe", "--envs", "reasoning/add", "json/record", "--steps", str(PT_STEPS),
+            "--prompts-per-step", "5", "--samples-per-prompt", "3", "--rollout.max-new-tokens", "40",
+            "--rollout.max-len", "400", "--objective.algo", "espo", "--objective.espo-delta", "0.05",
+            "--objective.dynamic-sampling", "--objective.overlong", "soft", "--objective.overlong-cache", "40",
+            "--objective.minibatches", "2", "--objective.epochs", "3", "--optim.lr", "2e-4", "--sft.steps", "40",
+            "--sft.batch-size", "8", "--sft.lr", "3e-3", "--run.eval-problems", "2", "--run.ckpt-every", "2",
+            "--run.no-plots", "--run.threads", "1"]
+TIMING = ("time", "charts/rollout_tokens_per_sec", "charts/trainer_tokens_per_sec")
+
+
+def _post_train_single(args: list[str], resume: str | None = None) -> Path:
+    from chimera.config import parse_cli
+    from chimera.posttrain.train import PostTrainConfig
+    from chimera.posttrain.train import train as post_train
+
+    threads = torch.get_num_threads()
+    try:
+        cfg, flags = parse_cli(PostTrainConfig, ["--resume", resume, *args] if resume else args, prog="post-train",
+                               description="", preset_flags=("--resume",))
+        return post_train(cfg, resume=flags.get("--resume"), log=lambda *a: None).path
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _metric_rows(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# statistics of how far the policy moved in a step: the first AdamW steps of RL move every weight by about lr
+# times the sign of its gradient, so a weight whose gradient cancels to float noise moves either way; one process
+# with 2 BLAS threads instead of 1 differs from itself by up to 3e-3 relatively in these (5e-4 in ratio_dev)
+DRIFT = ("losses/ratio_dev", "losses/ratio_dev_at_stop", "losses/approx_kl", "losses/grad_norm")
+
+
+def _assert_same_metrics(ours: list[dict], ref: list[dict]) -> float:
+    """Row by row the same keys and values: relative 1e-4 (counts, rewards and lengths exactly; the drift
+    statistics 1e-2, see DRIFT); the rollout-vs-trainer mismatch statistics, float noise around their ideal
+    (1e-9 .. 1e-6), absolutely within 1e-5. Returns the largest relative difference of the losses."""
+    assert [sorted(r) for r in ours] == [sorted(r) for r in ref]
+    worst = 0.0
+    for a, b in zip(ours, ref):
+        for k, v in b.items():
+            if k.startswith("mismatch/"):
+                assert abs(a[k] - v) <= 1e-5, (a["step"], k, a[k], v)
+                continue
+            assert a[k] == pytest.approx(v, rel=1e-2 if k in DRIFT else 1e-4, abs=1e-9), (a["step"], k, a[k], v)
+            if k in ("losses/policy_loss", "sft/loss_first", "sft/loss_last") and v:
+                worst = max(worst, abs(a[k] - v) / abs(v))
+    return worst
+
+
+@pytest.fixture(scope="module")
+def post_train_one(tmp_path_factory) -> Path:
+    return _post_train_single([*PT_FLAGS, "--run.out-dir", str(tmp_path_factory.mktemp("pt1"))])
+
+
+@pytest.fixture(scope="module")
+def post_train_two(tmp_path_factory) -> Path:
+    return _torchrun(PT_FLAGS, tmp_path_factory.mktemp("pt2"), command=("post-train",))
+
+
+def test_post_train_in_two_processes_logs_the_metrics_and_writes_the_model_of_one(post_train_one, post_train_two):
+    ours, ref = _metric_rows(post_train_two), _metric_rows(post_train_one)
+    train_rows = [r for r in ref if "losses/policy_loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, PT_STEPS + 1))
+    assert any(0 < r["losses/epochs_used"] < 3 for r in train_rows)  # ESPO stopped mid-step, on the global drift
+    assert len({r["charts/response_tokens/reasoning/add"] for r in train_rows}) > 1  # the rollouts differ by step
+    assert _assert_same_metrics(ours, ref) < 1e-4
+    mine, theirs = load_file(post_train_two / "model" / "model.safetensors"), \
+        load_file(post_train_one / "model" / "model.safetensors")
+    assert mine.keys() == theirs.keys()
+    for name in theirs:  # a few weights moved the other way (see DRIFT); 2 BLAS threads: 3e-4 at most
+        assert (mine[name] - theirs[name]).norm() <= 2e-3 * theirs[name].norm(), name
+
+
+def test_post_train_checkpoint_from_two_processes_resumes_in_one_with_the_same_next_metrics(
+        post_train_one, post_train_two, tmp_path):
+    run = tmp_path / "resumed"
+    shutil.copytree(post_train_two, run)
+    (run / "checkpoints" / f"step_{PT_STEPS:08d}.pt").unlink()
+    (run / "checkpoints" / "latest").write_text("step_00000002.pt")
+    _post_train_single([], resume=str(run))
+    _assert_same_metrics(_metric_rows(run), _metric_rows(post_train_one))
+
+
+def test_post_train_with_fewer_groups_and_demonstrations_than_processes_runs_as_one_process(tmp_path):
+    """One prompt group and SFT batches of one: rank 1 rolls out, scores and trains nothing, yet takes part in
+    every collective (a skipped one deadlocks or mismatches), so the run is rank 0's, i.e. one process's."""
+    flags = ["--model", "tiny-moe", "--envs", "reasoning/add", "--steps", "2", "--prompts-per-step", "1",
+             "--samples-per-prompt", "3", "--rollout.max-new-tokens", "40", "--rollout.max-len", "400",
+             "--objective.algo", "dr_grpo", "--objective.kl-beta", "0.05", "--objective.overlong", "soft",
+             "--objective.overlong-cache", "40", "--sft.steps", "10", "--sft.batch-size", "1", "--sft.lr", "3e-3",
+             "--run.eval-problems", "1", "--run.no-plots", "--run.threads", "1"]
+    ref = _post_train_single([*flags, "--run.out-dir", str(tmp_path / "one")])
+    two = _torchrun(flags, tmp_path / "two", command=("post-train",))
+    rows = _metric_rows(ref)
+    assert any(r.get("losses/policy_loss") for r in rows)  # a real update happened
+    assert _assert_same_metrics(_metric_rows(two), rows) < 1e-6

@@ -39,6 +39,9 @@ def test_budgets_are_sampled_per_group_as_configured_and_seeded():
     assert all(b is None for b in pt.sample_budgets(pt.BudgetOptions(prob=0.0), probs, envs, TOK, 1, 3))
     absolute = pt.sample_budgets(pt.BudgetOptions(prob=1.0, tokens=(3, 5)), probs, envs, TOK, 1, 3)
     assert set(absolute) == {3, 4, 5}
+    # a data-parallel rank's block of the groups (first: its start) draws the whole step's budgets of them
+    assert pt.sample_budgets(opts, probs[120:200], envs[120:200], TOK, seed=1, step=3, first=120) == got[120:200]
+    assert pt.sample_budgets(opts, probs[120:200], envs[120:200], TOK, seed=1, step=3) != got[120:200]
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -1,6 +1,7 @@
 """The GRPO-family and ESPO objectives hand-computed on a tiny group (2 samples, 3 positions)."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -124,3 +125,68 @@ def test_bad_loss_config_is_named():
         LossConfig("ppo")
     with pytest.raises(ValueError, match="is_cap"):
         LossConfig(is_cap=1.0)
+
+
+class Ranks:
+    """W threads that share one batch, each with its rows; ``total(rank)`` is their all-reduce (each call
+    waits until every thread has given its tensor), as ``chimera.train.distributed.total`` is for processes."""
+
+    def __init__(self, size: int):
+        self.slots: list[torch.Tensor | None] = [None] * size
+        self.barrier = threading.Barrier(size, timeout=30)  # a thread that raised breaks it, not hangs it
+
+    def total(self, rank: int):
+        def f(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+            self.slots[rank] = t.detach().clone()
+            self.barrier.wait()
+            got = torch.stack(self.slots)
+            out = got.sum(0) if op == "sum" else got.max(0).values
+            self.barrier.wait()
+            return out
+        return f
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "dapo", "gspo", "espo"])
+@pytest.mark.parametrize("correction", ["tis", "mis"])
+def test_split_rows_with_totals_give_the_loss_gradient_and_statistics_of_the_whole_batch(algo, correction):
+    """Data-parallel: ranks holding 3, 2 and 0 rows of a batch each compute their share with the batch's
+    normalisers; their losses and gradients sum to the whole batch's and every statistic is the batch's."""
+    g = torch.Generator().manual_seed(0)
+    B, T = 5, 7
+    old = -torch.rand(B, T, generator=g) * 3
+    logp0 = old + 0.3 * torch.randn(B, T, generator=g)
+    rollout_lp = old + 0.5 * torch.randn(B, T, generator=g)
+    ref = old + 0.2 * torch.randn(B, T, generator=g)
+    mask = (torch.rand(B, T, generator=g) > 0.3).float()
+    mask[3] = 0.0  # a row with nothing sampled: out of per-sequence counts
+    adv = torch.randn(B, generator=g)
+    cfg = LossConfig(algo=algo, is_correction=correction, kl_beta=0.1, eps_low=0.1, eps_high=0.15, is_cap=1.5)
+
+    whole = logp0.clone().requires_grad_()
+    loss, metrics = policy_loss(whole, old, mask, adv, cfg, rollout_lp, ref)
+    loss.backward()
+
+    blocks = [range(0, 3), range(3, 5), range(5, 5)]
+    ranks = Ranks(len(blocks))
+    got: list = [None] * len(blocks)
+
+    def work(rank: int) -> None:
+        rows = slice(blocks[rank].start, blocks[rank].stop)
+        mine = logp0[rows].clone().requires_grad_()
+        part, m = policy_loss(mine, old[rows], mask[rows], adv[rows], cfg, rollout_lp[rows], ref[rows],
+                              total=ranks.total(rank))
+        if mine.numel():
+            part.backward()
+        got[rank] = (float(part.detach()), m, mine.grad if mine.grad is not None else torch.zeros_like(mine))
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(len(blocks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(part for part, _, _ in got) == pytest.approx(float(loss.detach()), rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(torch.cat([grad for _, _, grad in got]), whole.grad, rtol=1e-5, atol=1e-7)
+    for _, m, _ in got:
+        assert m.keys() == metrics.keys()
+        for k, v in metrics.items():
+            assert m[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k

@@ -110,3 +110,19 @@ def test_a_turn_cut_by_its_token_limit_ends_the_episode_unrewarded():
     (ep,) = rollout(model, tok, [CountingEnv()], [("test/counting", 1, False)], n=1,
                     sampler=Sampler(temperature=1.0), cfg=RolloutConfig(max_new_tokens=5), seed=0)
     assert ep.truncated and ep.done and ep.reward == 0.0 and len(ep.turns) == 1 and ep.response_tokens == 5
+
+
+def test_a_group_rolled_out_in_a_later_share_samples_what_it_samples_in_the_whole_batch(episodes):
+    """Data-parallel ranks roll out blocks of a step's groups: with ``first`` (the block's start) a group's
+    sampling uniforms are named by its place in the step, so its episodes do not depend on the rank."""
+    model, tok, _, whole = episodes
+    cfg = RolloutConfig(max_new_tokens=32, max_len=400)
+    share = rollout(model, tok, [CountingEnv() for _ in range(3)], [("test/counting", 2, False)], n=3,
+                    sampler=Sampler(temperature=1.0), cfg=cfg, seed=5, first=1)
+    assert [ep.prompt_index for ep in share] == [1, 1, 1]
+    assert [ep.tokens for ep in share] == [ep.tokens for ep in whole[3:]]
+    for ep, ref in zip(share, whole[3:]):  # a smaller batch: the same log-probabilities to float noise
+        assert ep.logprobs == pytest.approx(ref.logprobs, abs=1e-5)
+    alone = rollout(model, tok, [CountingEnv() for _ in range(3)], [("test/counting", 2, False)], n=3,
+                    sampler=Sampler(temperature=1.0), cfg=cfg, seed=5)
+    assert [ep.tokens for ep in alone] != [ep.tokens for ep in whole[3:]]  # counted from 0: group 0's draws

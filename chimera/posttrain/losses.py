@@ -22,16 +22,29 @@ The rollout-vs-trainer mismatch (``old_logp`` vs ``rollout_logp``) is corrected 
 importance weight exp(old_logp - rollout_logp): truncated at ``is_cap`` (``tis``), or tokens
 outside [1 / is_cap, is_cap] masked out (``mis``, masked importance sampling). The optional KL
 to a reference model is k1 (logp - ref) or k3 (exp(ref - logp) - (ref - logp) - 1), off by default.
+
+Data-parallel, each rank holds some rows of the batch and passes ``total`` (the sum, or max, of a tensor
+over the ranks): every normaliser (tokens, sequences, rows) and every diagnostic is then the whole batch's,
+and each rank's loss is its rows' share of the one-process loss, so the ranks' gradients sum to its gradient.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 ALGOS = ("grpo", "dr_grpo", "dapo", "gspo", "espo")
+
+Total = Callable[..., torch.Tensor]
+"""(t, op="sum" | "max") -> t summed (or maxed) over the ranks that share a batch (t itself in one process)."""
+
+
+def _here(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """One process: the batch is all here."""
+    return t
 
 
 @dataclass
@@ -95,15 +108,22 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, cache: int) -> torch.T
     return -over.clamp(0.0, 1.0)
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor, total: Total = _here) -> torch.Tensor:
+    """The mean of x over the batch's masked tokens (a statistic: no grad through ``total``)."""
+    return total((x * mask).sum()) / total(mask.sum()).clamp(min=1)
+
+
+def _token_mean(x: torch.Tensor, mask: torch.Tensor, total: Total = _here) -> torch.Tensor:
+    """These rows' share of the mean of x over the batch's masked tokens (the whole mean in one process)."""
+    return (x * mask).sum() / total(mask.sum()).clamp(min=1)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor,
                 cfg: LossConfig, rollout_logp: torch.Tensor | None = None,
-                ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                ref_logp: torch.Tensor | None = None, total: Total = _here) -> tuple[torch.Tensor, dict[str, float]]:
     """The objective (see the module doc) and its diagnostics: clip fraction, mean |ratio - 1|,
-    approximate KL to the old policy, the rollout mismatch, the importance weights and the KL."""
+    approximate KL to the old policy, the rollout mismatch, the importance weights and the KL (the whole
+    batch's, with ``total`` over the ranks that hold its rows)."""
     mask = mask.to(logp.dtype)
     A = adv.to(logp.dtype)[:, None]  # (B, 1)
     delta = logp - old_logp  # (B, T)
@@ -123,9 +143,9 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, 
         w_seq = ((w.log() * mask).sum(1) / mask.sum(1).clamp(min=1)).exp()  # (B,) the IS weights' geometric mean
         per_seq = -torch.min(ratio_seq * A, clipped * A)[:, 0] * w_seq  # (B,)
         has = (mask.sum(1) > 0).to(per_seq.dtype)
-        loss = (per_seq * has).sum() / has.sum().clamp(min=1)
+        loss = (per_seq * has).sum() / total(has.sum()).clamp(min=1)
         ratio = ratio_seq.expand_as(logp)
-        clip_frac = _masked_mean(((ratio_seq - clipped).abs() > 0).to(logp.dtype).expand_as(logp), mask)
+        clip_frac = _masked_mean(((ratio_seq - clipped).abs() > 0).to(logp.dtype).expand_as(logp), mask, total)
     else:
         ratio = delta.exp()  # (B, T)
         if cfg.algo == "espo":
@@ -134,8 +154,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, 
         else:
             clipped = ratio.clamp(1 - cfg.eps_low, 1 + cfg.eps_high)
             per_tok = -torch.min(ratio * A, clipped * A) * w
-            clip_frac = _masked_mean(((ratio - clipped).abs() > 0).to(logp.dtype), mask)
-        loss = aggregate(per_tok, mask, cfg)
+            clip_frac = _masked_mean(((ratio - clipped).abs() > 0).to(logp.dtype), mask, total)
+        loss = aggregate(per_tok, mask, cfg, total)
     metrics = {}
     kl = torch.zeros(())
     if cfg.kl_beta > 0:
@@ -143,38 +163,42 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, 
             raise ValueError("loss.kl_beta > 0 needs ref_logp (the reference model's log-probabilities)")
         d = ref_logp - logp
         kl_tok = -d if cfg.kl_estimator == "k1" else d.exp() - d - 1
-        kl = aggregate(kl_tok, mask, cfg)
+        kl = aggregate(kl_tok, mask, cfg, total)
         loss = loss + cfg.kl_beta * kl
     with torch.no_grad():
         metrics["losses/clipfrac"] = float(clip_frac)
-        metrics["losses/ratio_dev"] = float(_masked_mean((ratio - 1).abs(), mask))
-        metrics["losses/approx_kl"] = float(_masked_mean((ratio - 1) - delta, mask))
-        metrics["losses/kl_ref"] = float(kl)
-        metrics.update(mismatch_metrics(old_logp, rollout_logp, mask) if rollout_logp is not None else {})
-        metrics["losses/is_weight_mean"] = float(_masked_mean(w, mask))
+        metrics["losses/ratio_dev"] = float(_masked_mean((ratio - 1).abs(), mask, total))
+        metrics["losses/approx_kl"] = float(_masked_mean((ratio - 1) - delta, mask, total))
+        metrics["losses/kl_ref"] = float(total(kl.detach()))
+        metrics.update(mismatch_metrics(old_logp, rollout_logp, mask, total) if rollout_logp is not None else {})
+        metrics["losses/is_weight_mean"] = float(_masked_mean(w, mask, total))
     return loss, metrics
 
 
-def aggregate(per_tok: torch.Tensor, mask: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
-    """Reduce (B, T) per-token losses to a scalar as ``cfg.algo`` prescribes."""
+def aggregate(per_tok: torch.Tensor, mask: torch.Tensor, cfg: LossConfig, total: Total = _here) -> torch.Tensor:
+    """Reduce (B, T) per-token losses to a scalar as ``cfg.algo`` prescribes (these rows' share of the
+    batch's, with ``total``: the normaliser counts the whole batch's sequences or tokens)."""
     if cfg.algo == "grpo":
         has = (mask.sum(1) > 0).to(per_tok.dtype)
         per_seq = (per_tok * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return (per_seq * has).sum() / has.sum().clamp(min=1)
+        return (per_seq * has).sum() / total(has.sum()).clamp(min=1)
     if cfg.algo == "dr_grpo":
-        return (per_tok * mask).sum() / (per_tok.size(0) * (cfg.max_tokens or per_tok.size(1)))
-    return _masked_mean(per_tok, mask)  # dapo, espo (and gspo's KL): token-level mean
+        rows = total(torch.tensor(float(per_tok.size(0))))
+        return (per_tok * mask).sum() / (rows * (cfg.max_tokens or per_tok.size(1)))
+    return _token_mean(per_tok, mask, total)  # dapo, espo (and gspo's KL): token-level mean
 
 
-def mismatch_metrics(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+def mismatch_metrics(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor,
+                     total: Total = _here) -> dict[str, float]:
     """How far the engine's sampling distribution is from the trainer's on the sampled tokens:
     mean exp(|diff|) (NeMo-RL's token_mult_prob_error, 1 when they agree), its max, and the k3 KL."""
     d = (trainer_logp - rollout_logp).detach()
     m = mask.to(d.dtype)
     k3 = d.exp() - 1 - d  # KL(engine || trainer) from the engine's samples: r = p / q, k3 = r - 1 - log r
-    return {"mismatch/token_mult_prob_error": float(_masked_mean(d.abs().exp(), m)),
-            "mismatch/max_abs_logp_diff": float((d.abs() * m).max()) if m.sum() > 0 else 0.0,
-            "mismatch/kl_k3": float(_masked_mean(k3, m))}
+    worst = torch.cat([(d.abs() * m).flatten(), d.new_zeros(1)]).max()  # 0 where nothing is masked in
+    return {"mismatch/token_mult_prob_error": float(_masked_mean(d.abs().exp(), m, total)),
+            "mismatch/max_abs_logp_diff": float(total(worst, "max")),
+            "mismatch/kl_k3": float(_masked_mean(k3, m, total))}
 
 
 def stop_epochs(cfg: LossConfig, ratio_dev: float) -> bool:

@@ -98,10 +98,13 @@ class RolloutConfig:
 
 def rollout(model, tok, envs: Sequence[Env], problems: Sequence[tuple[str, int, bool]], n: int,
             sampler: Sampler, cfg: RolloutConfig, seed: int,
-            budgets: Sequence[ThinkingBudget | None] | None = None) -> list[Episode]:
+            budgets: Sequence[ThinkingBudget | None] | None = None, first: int = 0) -> list[Episode]:
     """``n`` episodes of each problem (env id, seed, held_out), group-major; ``envs`` holds one fresh or
     reusable environment per episode (``len(problems) * n`` of them, ``envs[i * n + j]`` for sample j of
-    problem i). ``budgets[i]`` is the thinking budget of problem i's turns (None or absent: none)."""
+    problem i). ``budgets[i]`` is the thinking budget of problem i's turns (None or absent: none). ``first``:
+    the index of ``problems[0]`` among the step's problems (a data-parallel rank's share starts there); the
+    episodes' ``prompt_index`` and their sampling uniforms count from it, so a group draws the same tokens
+    whichever rank plays it."""
     if len(envs) != len(problems) * n:
         raise ValueError(f"rollout needs {len(problems) * n} environments (problems x n), got {len(envs)}")
     if budgets is not None and len(budgets) != len(problems):
@@ -110,7 +113,8 @@ def rollout(model, tok, envs: Sequence[Env], problems: Sequence[tuple[str, int, 
     episodes: list[Episode] = []
     for i, (env_id, env_seed, held_out) in enumerate(problems):
         for j in range(n):
-            ep = Episode(env_id, env_seed, i, j, budget=None if budgets[i] is None else budgets[i].max_thinking_tokens)
+            ep = Episode(env_id, env_seed, first + i, j,
+                         budget=None if budgets[i] is None else budgets[i].max_thinking_tokens)
             opening = envs[i * n + j].reset(seed=env_seed, held_out=held_out)
             ep.tokens = chat_ids(tok, opening, True, cfg.thinking)
             ep.prompt_len = len(ep.tokens)
@@ -130,7 +134,7 @@ def rollout(model, tok, envs: Sequence[Env], problems: Sequence[tuple[str, int, 
                                    min(cfg.max_new_tokens, cfg.max_len - len(episodes[k].tokens)), sampler,
                                    frozenset({tok.eos_id}), seed,
                                    f"{episodes[k].prompt_index}/{episodes[k].sample}/{turn}",
-                                   budgets[episodes[k].prompt_index])
+                                   budgets[episodes[k].prompt_index - first])
                         for k in active}
             _run(model, list(requests.values()), cfg)
             for k, req in requests.items():

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from chimera.posttrain.envs import Env
 from chimera.posttrain.rollout import chat_ids
+from chimera.train import distributed
 
 IGNORE = -100
 
@@ -104,21 +105,34 @@ def sft_batch(envs: dict[str, Env], weights: Sequence[float], tok, batch_size: i
 
 def sft(model, envs: dict[str, Env], weights: Sequence[float], tok, steps: int, batch_size: int, lr: float,
         pool_size: int, seed: int, thinking: bool = True, log=print, first_step: int = 0,
-        thinking_off: float = 0.0, thinking_cut: float = 0.0) -> list[float]:
+        thinking_off: float = 0.0, thinking_cut: float = 0.0,
+        world: distributed.World = distributed.ALONE) -> list[float]:
     """``steps`` AdamW steps of cross-entropy on demonstrations (batches ``first_step`` onwards), a
-    ``thinking_off`` / ``thinking_cut`` share of them budget-control ones; returns the losses."""
+    ``thinking_off`` / ``thinking_cut`` share of them budget-control ones; returns the losses. Under
+    torchrun each rank trains on its block of each batch's rows and the gradients are summed: the update
+    of one process (the loss is a mean over the whole batch's target tokens)."""
     opt = torch.optim.AdamW(model.param_groups(0.0), lr=lr, betas=(0.9, 0.95))
     model.train()
     losses = []
+    rows = distributed.block(batch_size, world)
     for step in range(first_step, first_step + steps):
         x, y = sft_batch(envs, weights, tok, batch_size, pool_size, seed, step, thinking, thinking_off, thinking_cut)
-        out = model(x)
-        loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-        (loss if out.aux_loss is None else loss + out.aux_loss).backward()
+        x, y = x[rows.start:rows.stop], y[rows.start:rows.stop]
+        here = (y != IGNORE).sum()
+        share = here / distributed.total(here, world).clamp(min=1)  # every rank, even one without rows
+        loss = torch.zeros(())
+        if len(rows):  # this rank's share of the batch mean: its mean times its share of the tokens
+            out = model(x)
+            loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE) * share
+            aux = None if out.aux_loss is None else out.aux_loss * (len(rows) / batch_size)  # a mean over rows
+            (loss if aux is None else loss + aux).backward()
+        distributed.sum_gradients(model, world)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        distributed.all_reduce_many([moe.expert_load for moe in model.moe_layers()], world)
         model.update_moe_bias()
+        loss = distributed.total(loss.detach(), world)
         losses.append(loss.item())
         done = step + 1 - first_step
         if done % max(1, steps // 10) == 0 or done == steps:

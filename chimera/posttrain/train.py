@@ -9,6 +9,13 @@ share of the prompt groups is rolled out under a sampled thinking budget and rew
 given under it (Nemotron 3 Nano's budget-control RL). MoE routers keep
 their aux-loss-free bias balancing after every optimizer step. Every random choice is a function
 of (seed, step), so a resumed run repeats the run it continues, metric for metric.
+
+Under torchrun (data-parallel, replicated weights, gloo) the step's problems are the same whatever the
+number of processes: each rank rolls out a contiguous block of the prompt groups on its own replica, the
+episodes are gathered so that every rank holds the whole step (rewards, advantages, curriculum, metrics),
+each rank scores and trains on the rows it rolled out with the batch's normalisers, and the gradients are
+summed (``chimera.train.distributed``), so the update is the one-process update. Evaluation is sharded the
+same way; rank 0 alone logs and writes.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from chimera.posttrain.rollout import (
 from chimera.posttrain.sft import check_budget_shares, sft, solver_needs
 from chimera.runs import Run, RunSettings, plot_metrics, rng_state, seed_everything, set_rng_state
 from chimera.tokenizer import load_tokenizer
+from chimera.train import distributed
 
 
 @dataclass
@@ -155,12 +163,13 @@ def reference_tokens(env: Env, tok, seed: int) -> int:
 
 
 def sample_budgets(opts: BudgetOptions, problems: list[tuple[str, int, bool]], envs: list[Env], tok, seed: int,
-                   step: int) -> list[int | None]:
+                   step: int, first: int = 0) -> list[int | None]:
     """One thinking budget (None: unbudgeted) per prompt group, a pure function of (seed, step, group) so that
-    a resumed run draws the budgets the uninterrupted one drew; ``envs[i]`` serves group i's reference."""
+    a resumed run draws the budgets the uninterrupted one drew; ``envs[i]`` serves group i's reference, and
+    ``problems[0]`` is group ``first`` of the step (a data-parallel rank's share)."""
     out: list[int | None] = []
     for i, (_, env_seed, _) in enumerate(problems):
-        rng = random.Random(f"{seed}/budget/{step}/{i}")
+        rng = random.Random(f"{seed}/budget/{step}/{first + i}")
         if opts.prob == 0 or rng.random() >= opts.prob:
             out.append(None)
         elif opts.tokens:
@@ -330,15 +339,19 @@ def env_metrics(episodes: list[Episode], prefix: str) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: HybridLM, tok, cfg: PostTrainConfig, pool: EnvPool) -> dict[str, float]:
+def evaluate(model: HybridLM, tok, cfg: PostTrainConfig, pool: EnvPool,
+             world: distributed.World = distributed.ALONE) -> dict[str, float]:
     """Held-out pass rate per environment (greedy episodes on problems never trained on), and for games the
-    random policy's success rate on the same levels."""
+    random policy's success rate on the same levels (on rank 0; each rank plays its block of the problems)."""
     problems = [(e, s, True) for e in cfg.envs for s in range(cfg.run.eval_problems)]
     baselines = {f"eval/random_policy/{e}": random_policy_rate(env, cfg.run.eval_problems)
-                 for e, env in zip(cfg.envs, pool.take(list(cfg.envs))) if isinstance(env, GameEnv)}
+                 for e, env in zip(cfg.envs, pool.take(list(cfg.envs))) if isinstance(env, GameEnv) and world.main}
     r = cfg.rollout
     rc = RolloutConfig(r.max_new_tokens, r.max_len, r.max_turns, r.thinking, compile=r.compile)
-    eps = rollout(model, tok, pool.take([p[0] for p in problems]), problems, 1, Sampler(), rc, seed=0)
+    mine = distributed.block(len(problems), world)
+    share = problems[mine.start:mine.stop]
+    eps = rollout(model, tok, pool.take([p[0] for p in share]), share, 1, Sampler(), rc, seed=0, first=mine.start)
+    eps = [ep for part in distributed.all_gather_objects(eps, world) for ep in part]
     got = {k: v for k, v in env_metrics(eps, "eval").items() if "/pass_rate/" in k or "/tool_calls/" in k}
     return {**got, **baselines}
 
@@ -372,20 +385,35 @@ def shaped_rewards(episodes: list[Episode], cfg: PostTrainConfig) -> torch.Tenso
 
 
 def update(model: HybridLM, opt: torch.optim.Optimizer, episodes: list[Episode], adv: torch.Tensor,
-           keep: torch.Tensor, cfg: PostTrainConfig, tok, step: int, ref: HybridLM | None) -> dict[str, float]:
+           keep: torch.Tensor, cfg: PostTrainConfig, tok, step: int, ref: HybridLM | None,
+           world: distributed.World = distributed.ALONE) -> dict[str, float]:
     """Minibatch epochs of the objective on one step's episodes; ESPO's drift is checked on each next
-    minibatch before it is used, so no step is taken once it passes delta."""
+    minibatch before it is used, so no step is taken once it passes delta. Under torchrun every rank holds
+    all the episodes and scores and trains on the groups it rolled out (the minibatches are the one-process
+    ones, each rank taking its rows of each); normalisers, statistics, gradients and MoE loads are summed."""
     lc = ob = cfg.objective
     b = batch_tensors(episodes, tok.pad_id)
+    n = cfg.samples_per_prompt
+    groups = distributed.block(len(episodes) // n, world)
+    own = torch.zeros(len(episodes), dtype=torch.bool)
+    own[groups.start * n:groups.stop * n] = True
+
+    def total(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        return distributed.total(t, world, op)
+
     mask = b["mask"] * keep[:, None]
     if ob.overlong == "filter":
         mask = mask * torch.tensor([0.0 if ep.truncated else 1.0 for ep in episodes])[:, None]
     T = cfg.rollout.temperature
     seg = (tok.token_id("<think>"), tok.token_id("</think>"))
     model.eval()
+    here = torch.nonzero(own).flatten()
+    old, ref_lp = torch.zeros_like(mask), None if ref is None else torch.zeros_like(mask)
     with torch.no_grad():
-        old = token_logprobs(model, b["inputs"], b["targets"], T, b["closed"], seg)
-        ref_lp = token_logprobs(ref, b["inputs"], b["targets"], T, b["closed"], seg) if ref is not None else None
+        if len(here):
+            old[here] = token_logprobs(model, b["inputs"][here], b["targets"][here], T, b["closed"][here], seg)
+        if ref is not None and len(here):
+            ref_lp[here] = token_logprobs(ref, b["inputs"][here], b["targets"][here], T, b["closed"][here], seg)
     model.train()
     rows = torch.nonzero(mask.sum(1) > 0).flatten()
     stats: dict[str, list[float]] = {}
@@ -395,22 +423,30 @@ def update(model: HybridLM, opt: torch.optim.Optimizer, episodes: list[Episode],
     g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
     for _epoch in range(ob.epochs):
         for mb in rows[torch.randperm(len(rows), generator=g)].chunk(ob.minibatches):
-            logp = token_logprobs(model, b["inputs"][mb], b["targets"][mb], T, b["closed"][mb], seg)
-            loss, m = policy_loss(logp, old[mb], mask[mb], adv[mb], lc, b["rollout_logp"][mb],
-                                  None if ref_lp is None else ref_lp[mb])
+            mine = mb[own[mb]]  # this rank's rows of the minibatch (all of them in one process)
+            logp = (token_logprobs(model, b["inputs"][mine], b["targets"][mine], T, b["closed"][mine], seg)
+                    if len(mine) else old[mine])
+            loss, m = policy_loss(logp, old[mine], mask[mine], adv[mine], lc, b["rollout_logp"][mine],
+                                  None if ref_lp is None else ref_lp[mine], total=total)
             if steps and stop_epochs(lc, m["losses/ratio_dev"]):
                 stats.setdefault("losses/ratio_dev_at_stop", []).append(m["losses/ratio_dev"])
                 stopped = True
                 break
-            aux = model.moe_aux_loss()
-            (loss if aux is None else loss + aux).backward()
+            aux = model.moe_aux_loss() if len(mine) else None
+            if aux is not None and len(mine) < len(mb):  # a mean over the minibatch's rows: this rank's share
+                aux = aux * (len(mine) / len(mb))
+            if len(mine):
+                (loss if aux is None else loss + aux).backward()
+            distributed.sum_gradients(model, world)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
             opt.step()
             opt.zero_grad(set_to_none=True)
+            distributed.all_reduce_many([moe.expert_load for moe in model.moe_layers()], world)
             model.update_moe_bias()
             steps += 1
             tokens += int(b["inputs"][mb].numel())
-            for k, v in {**m, "losses/policy_loss": loss.item(), "losses/grad_norm": float(grad_norm)}.items():
+            policy = float(total(loss.detach()))
+            for k, v in {**m, "losses/policy_loss": policy, "losses/grad_norm": float(grad_norm)}.items():
                 stats.setdefault(k, []).append(v)
         if stopped:
             break
@@ -421,13 +457,20 @@ def update(model: HybridLM, opt: torch.optim.Optimizer, episodes: list[Episode],
     return out
 
 
-def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
-    """Run (or resume) post-training; writes the run directory and ``model/`` at the end."""
-    from chimera.train.distributed import refuse_torchrun
-
-    refuse_torchrun("post-train")
+def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run | None:
+    """Run (or resume) post-training; writes the run directory and ``model/`` at the end (returns None on
+    ranks other than 0 under torchrun)."""
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
+    with distributed.session("ddp") as world:
+        return _train(cfg, resume, log if world.main else _silent, world)
+
+
+def _silent(*args, **kwargs) -> None:
+    """The log of ranks other than 0."""
+
+
+def _train(cfg: PostTrainConfig, resume: str | None, log, world: distributed.World) -> Run | None:
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model).train()
     tok = load_tokenizer(cfg.model if cfg.model not in SIZES else None)
@@ -439,7 +482,7 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
     curriculum = Curriculum(cfg.curriculum, cfg.envs)
     pool = EnvPool()
-    run, ckpt = Run.start(cfg.run, to_dict(cfg), resume)
+    run, ckpt = distributed.start_run(world, cfg.run, to_dict(cfg), resume)
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -449,19 +492,21 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         if ref is not None and "reference" in ckpt:
             ref.load_state_dict(ckpt["reference"])
         start = ckpt["step"]
-        log(f"resumed {run.path} at step {start}")
-    if resume:
+        log(f"resumed {run.path if run else resume} at step {start}")
+    if resume and world.main:
         run.truncate_metrics(start)
     r = cfg.rollout
     rc = RolloutConfig(r.max_new_tokens, r.max_len, r.max_turns, r.thinking, compile=r.compile)
     sampler = Sampler(temperature=r.temperature)
-    log(f"run {run.path}: {cfg.objective.algo} on {', '.join(cfg.envs)} from {cfg.model} "
+    log(f"run {run.path if run else ''}: {cfg.objective.algo} on {', '.join(cfg.envs)} from {cfg.model} "
         f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), {cfg.steps} steps of "
-        f"{cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples")
+        f"{cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples"
+        + (f", {world.size} processes (each rolls out its block of the groups)" if world.distributed else ""))
 
     def evaluate_now(step: int) -> None:
-        metrics = evaluate(model, tok, cfg, pool)
-        run.log(step, metrics)
+        metrics = evaluate(model, tok, cfg, pool, world)
+        if world.main:
+            run.log(step, metrics)
         log(f"eval  step {step}  " + "  ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in metrics.items()))
 
     for env_id, env in zip(cfg.envs, pool.take(list(cfg.envs))):
@@ -474,8 +519,9 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         demo_envs = dict(zip(cfg.envs, pool.take(list(cfg.envs))))
         losses = sft(model, demo_envs, cfg.env_weights or (1.0,) * len(cfg.envs), tok, cfg.sft.steps,
                      cfg.sft.batch_size, cfg.sft.lr, cfg.curriculum.pool_size, cfg.run.seed, cfg.rollout.thinking, log,
-                     thinking_off=cfg.sft.thinking_off, thinking_cut=cfg.sft.thinking_cut)
-        run.log(0, {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
+                     thinking_off=cfg.sft.thinking_off, thinking_cut=cfg.sft.thinking_cut, world=world)
+        if world.main:
+            run.log(0, {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
         if ref is not None:  # the KL holds the policy near where RL starts: after the SFT stage
             ref.load_state_dict(model.state_dict())
     if start == 0:
@@ -484,11 +530,15 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
     for step in range(start, cfg.steps):
         t0 = time.time()
         problems = choose_problems(cfg, curriculum, step)
-        envs = pool.take([e for e, _, _ in problems for _ in range(cfg.samples_per_prompt)])
-        budgets = sample_budgets(cfg.budget, problems, envs[::cfg.samples_per_prompt], tok, cfg.run.seed, step)
-        episodes = rollout(model, tok, envs, problems, cfg.samples_per_prompt, sampler, rc,
+        mine = distributed.block(len(problems), world)  # the groups this rank rolls out (all in one process)
+        share = problems[mine.start:mine.stop]
+        envs = pool.take([e for e, _, _ in share for _ in range(cfg.samples_per_prompt)])
+        budgets = sample_budgets(cfg.budget, share, envs[::cfg.samples_per_prompt], tok, cfg.run.seed, step,
+                                 first=mine.start)
+        episodes = rollout(model, tok, envs, share, cfg.samples_per_prompt, sampler, rc,
                            seed=cfg.run.seed * 1_000_003 + step,
-                           budgets=[None if b is None else thinking_budget(tok, b) for b in budgets])
+                           budgets=[None if b is None else thinking_budget(tok, b) for b in budgets], first=mine.start)
+        episodes = [ep for part in distributed.all_gather_objects(episodes, world) for ep in part]
         t_roll = time.time() - t0
         rewards = shaped_rewards(episodes, cfg)
         n = cfg.samples_per_prompt
@@ -503,7 +553,7 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         lr = cfg.optim.lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))  # warmup, then constant
         for group in opt.param_groups:
             group["lr"] = lr
-        metrics = update(model, opt, episodes, adv, keep, cfg, tok, step, ref) if keep.any() else \
+        metrics = update(model, opt, episodes, adv, keep, cfg, tok, step, ref, world) if keep.any() else \
             {"losses/grad_steps": 0.0, "_trainer_tokens": 0.0}
         t_train = time.time() - t1
         done = step + 1
@@ -519,7 +569,8 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
         for env in cfg.envs:
             metrics[f"curriculum/pass_rate/{env}"] = curriculum.pass_rate(env)
         if done % cfg.run.log_every == 0 or done == cfg.steps:
-            run.log(done, metrics)
+            if world.main:
+                run.log(done, metrics)
             eta = (cfg.steps - done) * (time.time() - t_start) / max(1, done - start)
             per_env = "  ".join(f"{e} {metrics[f'charts/reward/{e}']:.2f}" for e in cfg.envs
                                 if f"charts/reward/{e}" in metrics)
@@ -532,13 +583,15 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run:
             evaluate_now(done)
         if done == cfg.steps:
             evaluate_now(done)
-        if done % cfg.run.ckpt_every == 0 or done == cfg.steps:
+        if (done % cfg.run.ckpt_every == 0 or done == cfg.steps) and world.main:
             run.checkpoints.save(done, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                         "curriculum": curriculum.state_dict(),
                                         "rng": rng_state(), "config": to_dict(cfg),
                                         **({"reference": ref.state_dict()} if ref is not None else {})})
-    model.save_pretrained(run.path / "model")
     pool.close()
+    if not world.main:
+        return None
+    model.save_pretrained(run.path / "model")
     plots = plot_metrics(run.metrics_path, run.path / "plots") if cfg.run.plots else []
     log(f"model saved to {run.path / 'model'}" + (f"; {len(plots)} plots in {run.path / 'plots'}" if plots else ""))
     run.close()

@@ -47,6 +47,10 @@ class World:
         return self.size > 1
 
 
+ALONE = World()
+"""One process: the default world of code that also runs data-parallel."""
+
+
 def init(parallel: Parallel = "ddp") -> World:
     """The world torchrun started this process in (a process group on gloo, the CPU backend), or a
     world of one when WORLD_SIZE is unset or 1."""
@@ -68,8 +72,8 @@ def refuse_torchrun(command: str) -> None:
         from chimera.config import ConfigError
 
         raise ConfigError(f"{command} does not run data-parallel yet, and torchrun started {size} processes "
-                          f"(each would train alone); run it as one process (train-lm, distill and clrs train "
-                          f"run under torchrun; docs/SCALING.md)")
+                          f"(each would train alone); run it as one process (train-lm, distill, clrs train and "
+                          f"post-train run under torchrun; docs/SCALING.md)")
 
 
 def shutdown(world: World, clean: bool = True) -> None:
@@ -221,6 +225,33 @@ def sum_gradients(model: nn.Module, world: World) -> None:
     all_reduce_many([*grads, has], world)
     for p, g, h in zip(params, grads, has.tolist()):
         p.grad = g if h > 0 else None
+
+
+def total(t: torch.Tensor, world: World, op: Literal["sum", "max"] = "sum") -> torch.Tensor:
+    """The sum (or max) of ``t`` over ranks as a new tensor without grad; ``t`` itself in one process. For
+    normalisers and statistics of a batch whose rows are split among the ranks."""
+    if not world.distributed:
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return out
+
+
+def block(n: int, world: World) -> range:
+    """This rank's contiguous block of ``n`` items, the blocks in rank order as even as they can be (the first
+    ``n % W`` ranks take one more; a rank may get none when n < W)."""
+    k, extra = divmod(n, world.size)
+    lo = world.rank * k + min(world.rank, extra)
+    return range(lo, lo + k + (world.rank < extra))
+
+
+def all_gather_objects(obj: Any, world: World) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
+    if not world.distributed:
+        return [obj]
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast(obj: Any, world: World) -> Any:
