@@ -12,7 +12,8 @@ log-probabilities of those tokens.
 Every turn of every active episode is one ``Request`` on one ``Engine`` whose prompt is the episode so
 far (prefilled again each turn; the engine keeps no cache between requests). The same seed gives the
 same episodes (each request's uniforms come from (seed, prompt, sample, turn)), whatever else
-shares the batch.
+shares the batch. The environments' resets and each turn's steps are one ``call_all`` over the episodes, so
+environments in Ray actors (``envs.remote``) answer side by side.
 
 A problem may run under a thinking budget (``ThinkingBudget``, ``chimera.inference.budget``): every
 assistant turn of its episodes then thinks at most N tokens plus the engine's grace before
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from chimera.inference import Engine, Request, Sampler, ThinkingBudget
-from chimera.posttrain.envs import Env
+from chimera.posttrain.envs import Env, StepResult, call_all
 from chimera.tokenizer import Message, render_chat
 
 
@@ -111,11 +112,12 @@ def rollout(model, tok, envs: Sequence[Env], problems: Sequence[tuple[str, int, 
         raise ValueError(f"rollout got {len(budgets)} budgets for {len(problems)} problems (one per problem)")
     budgets = list(budgets) if budgets is not None else [None] * len(problems)
     episodes: list[Episode] = []
-    for i, (env_id, env_seed, held_out) in enumerate(problems):
+    openings = call_all(envs, "reset", [(env_seed, held_out) for _, env_seed, held_out in problems for _ in range(n)])
+    for i, (env_id, env_seed, _) in enumerate(problems):
         for j in range(n):
             ep = Episode(env_id, env_seed, first + i, j,
                          budget=None if budgets[i] is None else budgets[i].max_thinking_tokens)
-            opening = envs[i * n + j].reset(seed=env_seed, held_out=held_out)
+            opening = openings[i * n + j]
             ep.tokens = chat_ids(tok, opening, True, cfg.thinking)
             ep.prompt_len = len(ep.tokens)
             ep.mask, ep.logprobs, ep.closed = [0] * len(ep.tokens), [0.0] * len(ep.tokens), [0] * len(ep.tokens)
@@ -137,8 +139,11 @@ def rollout(model, tok, envs: Sequence[Env], problems: Sequence[tuple[str, int, 
                                    budgets[episodes[k].prompt_index - first])
                         for k in active}
             _run(model, list(requests.values()), cfg)
-            for k, req in requests.items():
-                _advance(episodes[k], envs[k], req, tok, cfg, last_turn=turn == cfg.max_turns - 1)
+            answered = [k for k, req in requests.items() if _append_turn(episodes[k], req, tok)]
+            texts = [(tok.decode(requests[k].tokens),) for k in answered]
+            results = call_all([envs[k] for k in answered], "step", texts)
+            for k, result in zip(answered, results):
+                _answer(episodes[k], result, tok, cfg, last_turn=turn == cfg.max_turns - 1)
     finally:
         model.train(was_training)
     return episodes
@@ -153,8 +158,8 @@ def _run(model, requests: list[Request], cfg: RolloutConfig) -> None:
         pass
 
 
-def _advance(ep: Episode, env: Env, req: Request, tok, cfg: RolloutConfig, last_turn: bool) -> None:
-    """Append a turn's sampled tokens, let the environment answer, append its reply (unmasked)."""
+def _append_turn(ep: Episode, req: Request, tok) -> bool:
+    """Append a turn's sampled tokens; -> whether the environment answers it (the turn ended in a stop token)."""
     mask, closed, n_think = _sampled_mask(req, tok)
     ep.tokens += req.tokens
     ep.mask += mask
@@ -167,8 +172,12 @@ def _advance(ep: Episode, env: Env, req: Request, tok, cfg: RolloutConfig, last_
     if req.finish_reason != "stop":  # cut mid-turn: the answer never ended
         ep.truncated = ep.done = True
         ep.info = {**ep.info, "correct": 0.0}
-        return
-    result = env.step(tok.decode(req.tokens))
+        return False
+    return True
+
+
+def _answer(ep: Episode, result: StepResult, tok, cfg: RolloutConfig, last_turn: bool) -> None:
+    """Take the environment's answer to the turn: reward, info, and its reply appended (unmasked)."""
     ep.reward, ep.info = float(result.reward), dict(result.info)
     if result.done:
         ep.done = True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,6 +35,7 @@ from chimera.models import HybridLM, get_config
 from chimera.models.config import SIZES
 from chimera.posttrain.envs import Env, list_ids, make
 from chimera.posttrain.envs.game import GameEnv, random_policy_rate
+from chimera.posttrain.envs.remote import EnvHosts, require_ray
 from chimera.posttrain.losses import (
     LossConfig,
     group_advantages,
@@ -212,6 +214,15 @@ class PostTrainConfig:
     curriculum: CurriculumOptions = field(default_factory=CurriculumOptions)
     sft: SFTOptions = field(default_factory=SFTOptions)
     budget: BudgetOptions = field(default_factory=BudgetOptions)
+    envs_backend: Literal["inprocess", "ray"] = "inprocess"
+    """inprocess: the environments live in this process and answer in turn; ray: each lives in a Ray actor
+    (pip install -e '.[dist]'), routed by environment id, so slow games and tools answer side by side beside
+    the trainer (the same episodes and metrics as inprocess)."""
+    workers: int = 1
+    """With --envs-backend ray: Ray actors per environment id, one CPU each (an actor holds several instances)."""
+    ray_address: str = ""
+    """With --envs-backend ray: the Ray cluster to join (e.g. auto, or ray://host:10001); empty: start Ray here
+    with as many CPUs as the actors ask for (under torchrun: each rank its own Ray and actors)."""
     run: PostTrainRunConfig = field(default_factory=PostTrainRunConfig)
 
     def validate(self) -> None:
@@ -236,6 +247,10 @@ class PostTrainConfig:
         if self.rollout.temperature <= 0:
             raise ValueError(f"rollout.temperature={self.rollout.temperature} must be positive for RL "
                              f"(greedy rollouts give every sample of a group the same reward)")
+        if self.envs_backend == "ray":
+            if self.workers < 1:
+                raise ValueError(f"workers={self.workers} must be at least 1 (Ray actors per environment id)")
+            require_ray()
         self.objective.validate()
         self.budget.validate(self.rollout.thinking)
         check_budget_shares(self.sft.thinking_off, self.sft.thinking_cut)
@@ -278,16 +293,18 @@ class Curriculum:
 
 
 class EnvPool:
-    """Environment instances per id, reused across steps (an NLE game is costly to start)."""
+    """Environment instances per id, reused across steps (an NLE game is costly to start); with ``hosts`` they
+    live in its Ray actors (``RemoteEnv`` proxies), else in this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: EnvHosts | None = None) -> None:
         self.free: dict[str, list[Env]] = {}
+        self.hosts = hosts
 
     def take(self, env_ids: list[str]) -> list[Env]:
         pools = {e: list(self.free.get(e, [])) for e in set(env_ids)}
         out = []
         for e in env_ids:
-            out.append(pools[e].pop() if pools[e] else make(e))
+            out.append(pools[e].pop() if pools[e] else self.hosts.make(e) if self.hosts else make(e))
         self.free = {}
         for e, env in zip(env_ids, out):
             self.free.setdefault(e, []).append(env)
@@ -298,6 +315,8 @@ class EnvPool:
             for env in envs:
                 if hasattr(env, "close"):
                     env.close()
+        if self.hosts is not None:
+            self.hosts.close()
 
 
 def build_model(spec: str) -> HybridLM:
@@ -462,15 +481,16 @@ def train(cfg: PostTrainConfig, resume: str | None = None, log=print) -> Run | N
     ranks other than 0 under torchrun)."""
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
-    with distributed.session("ddp") as world:
-        return _train(cfg, resume, log if world.main else _silent, world)
+    with distributed.session("ddp") as world, closing(EnvPool(
+            EnvHosts(cfg.envs, cfg.workers, cfg.ray_address) if cfg.envs_backend == "ray" else None)) as pool:
+        return _train(cfg, resume, log if world.main else _silent, world, pool)
 
 
 def _silent(*args, **kwargs) -> None:
     """The log of ranks other than 0."""
 
 
-def _train(cfg: PostTrainConfig, resume: str | None, log, world: distributed.World) -> Run | None:
+def _train(cfg: PostTrainConfig, resume: str | None, log, world: distributed.World, pool: EnvPool) -> Run | None:
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model).train()
     tok = load_tokenizer(cfg.model if cfg.model not in SIZES else None)
@@ -481,7 +501,6 @@ def _train(cfg: PostTrainConfig, resume: str | None, log, world: distributed.Wor
     opt = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
                             betas=(cfg.optim.beta1, cfg.optim.beta2))
     curriculum = Curriculum(cfg.curriculum, cfg.envs)
-    pool = EnvPool()
     run, ckpt = distributed.start_run(world, cfg.run, to_dict(cfg), resume)
     start = 0
     if ckpt is not None:
@@ -588,7 +607,6 @@ def _train(cfg: PostTrainConfig, resume: str | None, log, world: distributed.Wor
                                         "curriculum": curriculum.state_dict(),
                                         "rng": rng_state(), "config": to_dict(cfg),
                                         **({"reference": ref.state_dict()} if ref is not None else {})})
-    pool.close()
     if not world.main:
         return None
     model.save_pretrained(run.path / "model")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 
 from chimera.posttrain.envs import clrs_text, game, json_tasks, reasoning
-from chimera.posttrain.envs.base import Env, StepResult, final_answer, is_held_out
+from chimera.posttrain.envs.base import Env, StepResult, call_all, final_answer, is_held_out
 from chimera.posttrain.envs.tools import CalculatorEnv, LookupEnv
 
 
@@ -37,4 +37,4 @@ def make(env_id: str) -> Env:
     return CalculatorEnv() if name == "calculator" else LookupEnv()
 
 
-__all__ = ["Env", "StepResult", "final_answer", "is_held_out", "list_ids", "make"]
+__all__ = ["Env", "StepResult", "call_all", "final_answer", "is_held_out", "list_ids", "make"]

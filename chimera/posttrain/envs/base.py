@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,25 @@ class Env:
         """The scripted solver's next assistant turn (text after ``<think>``, through ``<eos>``): the
         demonstrations for SFT before RL. Stepping with it from ``reset`` earns reward 1."""
         raise NotImplementedError(f"{self.id} has no solver")
+
+    @classmethod
+    def call_many(cls, envs: Sequence[Env], method: str, args: Sequence[tuple]) -> list[Any]:
+        """``getattr(env, method)(*a)`` for each environment of this kind and its arguments, in turn (a kind
+        that lives elsewhere, ``remote.RemoteEnv``, sends every call before it waits for any answer)."""
+        return [getattr(env, method)(*a) for env, a in zip(envs, args)]
+
+
+def call_all(envs: Sequence[Env], method: str, args: Sequence[tuple]) -> list[Any]:
+    """``env.<method>(*a)`` for every environment, through its kind's ``call_many``: the rollout's turn in one
+    call, so that environments in Ray actors reset and step side by side."""
+    kinds: dict[type, list[int]] = {}
+    for i, env in enumerate(envs):
+        kinds.setdefault(type(env), []).append(i)  # type(), not __class__: a proxy reports the class it hosts
+    out: list[Any] = [None] * len(envs)
+    for kind, idx in kinds.items():
+        for i, got in zip(idx, kind.call_many([envs[i] for i in idx], method, [args[i] for i in idx])):
+            out[i] = got
+    return out
 
 
 class SingleTurnEnv(Env):
