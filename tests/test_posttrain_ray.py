@@ -52,15 +52,25 @@ def test_proxied_env_answers_as_the_local_env_and_is_an_instance_of_its_class():
             for seed, held_out in ((3, False), (5, True)):
                 a, b = _script(local, seed, held_out, 6), _script(remote, seed, held_out, 6)
                 assert a == b and len(a) > 2
-        # several instances on one actor, reset and stepped in one call each
-        games = [hosts.make("game/Room-5x5") for _ in range(3)]
-        assert isinstance(games[0], GameEnv)
-        local = [make("game/Room-5x5") for _ in range(3)]
-        openings = call_all(games, "reset", [(s, False) for s in (0, 1, 2)])
-        assert openings == [e.reset(s, False) for e, s in zip(local, (0, 1, 2))]
-        texts = [("</think>south<eos>",), ("</think>east<eos>",), ("</think>??<eos>",)]
+    finally:
+        hosts.close()
+
+
+def test_a_turn_sends_one_call_to_every_actor_before_it_waits(monkeypatch):
+    hosts = EnvHosts(["game/Room-5x5"], workers=2)
+    waits, wait = [], hosts.wait
+    monkeypatch.setattr(hosts, "wait", lambda refs, actors, method: waits.append((len(refs), method)) or
+                        wait(refs, actors, method))
+    try:
+        games = [hosts.make("game/Room-5x5") for _ in range(5)]  # 3 on actor 0, 2 on actor 1
+        local = [make("game/Room-5x5") for _ in range(5)]
+        seeds = [(s, s == 4) for s in range(5)]
+        assert call_all(games, "reset", seeds) == [e.reset(*a) for e, a in zip(local, seeds)]
+        texts = [(f"</think>{d}<eos>",) for d in ("south", "east", "??", "northwest", "s")]
         assert call_all(games, "step", texts) == [e.step(*t) for e, t in zip(local, texts)]
-        assert call_all(games, "solve", [()] * 3) == [e.solve() for e in local]
+        assert call_all(games, "solve", [()] * 5) == [e.solve() for e in local]
+        assert waits == [(2, "reset"), (2, "step"), (2, "solve")]
+        assert isinstance(games[0], GameEnv) and waits[-1] == (1, "make")  # the class: one question to its actor
     finally:
         hosts.close()
 
