@@ -3,7 +3,9 @@ the in-process metrics, a dead actor stops the run naming its environment, and w
 which extra to install."""
 
 import os
+import signal
 import sys
+import time
 
 import pytest
 import torch
@@ -84,6 +86,23 @@ def test_a_dead_actor_stops_the_episode_with_an_error_naming_its_environment():
         with pytest.raises(RuntimeError, match=r"Ray actor 0 of game/Room-5x5 died during step\(\)"):
             env.step("</think>south<eos>")
     finally:
+        hosts.close()
+
+
+def test_a_silent_actor_stops_the_episode_after_the_timeout():
+    hosts = EnvHosts(["tools/calculator"], workers=1, timeout=1.0)
+    actor = hosts.actors["tools/calculator"][0].handle
+    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    try:
+        env = hosts.make("tools/calculator")
+        env.reset(0)
+        os.kill(pid, signal.SIGSTOP)  # the actor's process stops answering
+        t0 = time.time()
+        with pytest.raises(RuntimeError, match=r"Ray actor 0 of tools/calculator did not answer step\(\) within 1 s"):
+            env.step("</think>4<eos>")
+        assert time.time() - t0 < 10
+    finally:
+        os.kill(pid, signal.SIGCONT)
         hosts.close()
 
 

@@ -297,21 +297,24 @@ class EnvPool:
     live in its Ray actors (``RemoteEnv`` proxies), else in this process."""
 
     def __init__(self, hosts: EnvHosts | None = None) -> None:
-        self.free: dict[str, list[Env]] = {}
+        self.made: dict[str, list[Env]] = {}  # every instance, by id
         self.hosts = hosts
 
     def take(self, env_ids: list[str]) -> list[Env]:
-        pools = {e: list(self.free.get(e, [])) for e in set(env_ids)}
+        """One distinct instance per entry of ``env_ids``; every instance made is kept (and closed at the end),
+        so none is left open in this process or in an actor."""
+        used: dict[str, int] = {}
         out = []
         for e in env_ids:
-            out.append(pools[e].pop() if pools[e] else self.hosts.make(e) if self.hosts else make(e))
-        self.free = {}
-        for e, env in zip(env_ids, out):
-            self.free.setdefault(e, []).append(env)
+            have, k = self.made.setdefault(e, []), used.get(e, 0)
+            if k == len(have):
+                have.append(self.hosts.make(e) if self.hosts else make(e))
+            out.append(have[k])
+            used[e] = k + 1
         return out
 
     def close(self) -> None:
-        for envs in self.free.values():
+        for envs in self.made.values():
             for env in envs:
                 if hasattr(env, "close"):
                     env.close()
