@@ -314,7 +314,7 @@ class Pipeline:
         student = HybridLM.from_pretrained(student_dir, dtype=torch.float32).train()
         tok = load_tokenizer(student_dir)
         envs = {e: make(e) for e in self.cfg.envs}
-        weights = rl.sft.env_weights or rl.env_weights or (1.0,) * len(envs)  # the mix the RL start was taught
+        weights = rl.env_weights or (1.0,) * len(envs)
         objective = LogitKL(teacher, c.temperature)
         opt = torch.optim.AdamW(student.param_groups(0.0), lr=c.lr, betas=(0.9, 0.95))
         fresh = not (out / "config.json").exists()
