@@ -173,6 +173,19 @@ def test_json_env_rewards_valid_and_correct_json_only():
         {"json_parsed": 1.0, "schema_valid": 1.0, "correct": 0.0}
 
 
+def test_json_prompts_give_the_schema_first_and_the_content_last_next_to_the_answer():
+    # With the schema (~90 characters) between the numbers and the answer, the tiny flagship model sorted
+    # 22% of held-out json/sort problems after 150 demonstration steps; with the numbers last, 59%.
+    for env_id in ("json/sort", "json/record"):
+        env = make(env_id)
+        prompt = env.reset(seed=1)[-1].content
+        assert prompt.startswith(f"Answer with JSON matching the schema {json.dumps(env.schema)}. ")
+    env = make("json/sort")
+    prompt = env.reset(seed=1)[-1].content
+    numbers = prompt.rsplit("Sort: ", 1)[1].split()
+    assert sorted(map(int, numbers)) == env.problem and prompt.endswith(numbers[-1])
+
+
 def test_clrs_answers_come_from_the_algorithms():
     import numpy as np
 

@@ -160,3 +160,41 @@ def test_sft_on_demonstrations_lowers_the_loss_and_masks_env_turns():
     losses = sft(model, {"reasoning/add": envs["reasoning/add"]}, (1.0,), tok, steps=6, batch_size=4, lr=1e-2,
                  pool_size=64, seed=0, log=lambda s: None)
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_demonstrations_run_per_environment_with_the_gradient_of_one_mixed_batch():
+    from chimera.posttrain.envs import make
+    from chimera.posttrain.sft import IGNORE, backward_demonstrations, pad_batch, sft_sequences
+
+    tok = ByteTokenizer()
+    envs = {"reasoning/add": make("reasoning/add"), "tools/calculator": make("tools/calculator")}
+    seqs = sft_sequences(envs, (1.0, 1.0), tok, 6, 64, seed=0, step=0)
+    assert {e for e, _, _ in seqs} == set(envs)
+    torch.manual_seed(0)
+    model = HybridLM(get_config("tiny"))
+    x, y = pad_batch([(t, m) for _, t, m in seqs], tok.pad_id)  # every row padded to the longest (a calculator's)
+    want_loss = torch.nn.functional.cross_entropy(model(x).logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+    want_loss.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    loss = backward_demonstrations(model, seqs, tok.pad_id)
+    assert loss == pytest.approx(want_loss.item(), rel=1e-5)
+    assert want and all(n in want for n, p in model.named_parameters() if p.grad is not None)
+    for n, p in model.named_parameters():
+        if n in want:
+            torch.testing.assert_close(p.grad, want[n], rtol=1e-4, atol=1e-7)
+
+
+def test_demonstration_sft_warms_up_then_decays_its_learning_rate():
+    import math
+
+    from chimera.posttrain.sft import lr_factor
+
+    assert [lr_factor(s, 10, 2, 0.1) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert lr_factor(6, 10, 2, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr_factor(10, 10, 2, 0.1) == pytest.approx(0.1)
+    assert [lr_factor(s, 10, 0, 1.0) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]  # the defaults: constant
+    with pytest.raises(ValueError, match=r"sft\.env_weights"):
+        pt.PostTrainConfig(envs=("reasoning/add", "tools/calculator"), sft=pt.SFTOptions(env_weights=(1.0,))).validate()
+    with pytest.raises(ValueError, match=r"sft\.min_lr_ratio"):
+        pt.PostTrainConfig(sft=pt.SFTOptions(min_lr_ratio=2.0)).validate()

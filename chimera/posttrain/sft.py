@@ -14,6 +14,7 @@ followed by the original answer, so that the model answers when a budget closes 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -74,10 +75,10 @@ def check_budget_shares(thinking_off: float, thinking_cut: float) -> None:
                          f"shares of the same demonstrations")
 
 
-def sft_batch(envs: dict[str, Env], weights: Sequence[float], tok, batch_size: int, pool_size: int, seed: int,
-              step: int, thinking: bool = True, thinking_off: float = 0.0,
-              thinking_cut: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """inputs (b, T) and targets (b, T) with IGNORE off the assistant turns: a pure function of (seed, step).
+def sft_sequences(envs: dict[str, Env], weights: Sequence[float], tok, batch_size: int, pool_size: int, seed: int,
+                  step: int, thinking: bool = True, thinking_off: float = 0.0,
+                  thinking_cut: float = 0.0) -> list[tuple[str, list[int], list[int]]]:
+    """Step ``step``'s demonstrations (env id, tokens, loss mask): a pure function of (seed, step).
     ``thinking_off`` / ``thinking_cut``: shares of demonstrations without reasoning / with a cut trace (no
     extra random draw when both are 0, so such runs see the batches they always saw)."""
     check_budget_shares(thinking_off, thinking_cut)
@@ -92,10 +93,17 @@ def sft_batch(envs: dict[str, Env], weights: Sequence[float], tok, batch_size: i
                 on = False
             elif r < thinking_off + thinking_cut:
                 cut = rng.random()
-        seqs.append(demonstration(envs[e], tok, problem, on, cut=cut))
-    T = max(len(t) for t, _ in seqs) - 1
-    x = torch.full((batch_size, T), tok.pad_id, dtype=torch.long)
-    y = torch.full((batch_size, T), IGNORE, dtype=torch.long)
+        seqs.append((e, *demonstration(envs[e], tok, problem, on, cut=cut)))
+    return seqs
+
+
+def pad_batch(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int,
+              longest: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """inputs (b, T) and targets (b, T) with IGNORE off the loss mask, padded to the longest sequence (or to
+    ``longest`` tokens)."""
+    T = max(longest or 0, *(len(t) for t, _ in seqs)) - 1
+    x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    y = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
     for i, (t, m) in enumerate(seqs):
         n = len(t) - 1
         x[i, :n] = torch.tensor(t[:-1])
@@ -103,38 +111,75 @@ def sft_batch(envs: dict[str, Env], weights: Sequence[float], tok, batch_size: i
     return x, y
 
 
+def sft_batch(envs: dict[str, Env], weights: Sequence[float], tok, batch_size: int, pool_size: int, seed: int,
+              step: int, thinking: bool = True, thinking_off: float = 0.0,
+              thinking_cut: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """inputs (b, T) and targets (b, T) with IGNORE off the assistant turns: step ``step``'s demonstrations
+    (``sft_sequences``) padded into one batch."""
+    seqs = sft_sequences(envs, weights, tok, batch_size, pool_size, seed, step, thinking, thinking_off, thinking_cut)
+    return pad_batch([(t, m) for _, t, m in seqs], tok.pad_id)
+
+
+def lr_factor(step: int, steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
+    """The learning rate's share of the peak at ``step`` of ``steps``: linear warmup, then cosine decay to
+    ``min_lr_ratio`` (1: constant after the warmup)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def backward_demonstrations(model, seqs: Sequence[tuple[str, list[int], list[int]]], pad_id: int,
+                            rows: range | None = None) -> float:
+    """Backpropagate the mean cross-entropy over every target token of ``seqs`` (env id, tokens, mask); returns
+    it. One forward pass per environment, each padded to its own longest episode: the gradient of the one
+    mixed batch, without padding every row to the longest environment's episodes (a game's ~400 tokens, a
+    reasoning trace's ~45). With ``rows`` (a rank's block under torchrun) only those rows are run, still
+    normalised by the whole batch's target tokens: the ranks' terms sum to the batch's loss and gradient."""
+    n_targets = max(1, sum(sum(m[1:]) for _, _, m in seqs))  # pad_batch's targets: the masked next tokens
+    longest: dict[str, int] = {}  # per environment over the whole batch: a rank's rows padded as in one process
+    for e, t, _ in seqs:
+        longest[e] = max(longest.get(e, 0), len(t))
+    mine = [seqs[i] for i in (rows if rows is not None else range(len(seqs)))]
+    envs = dict.fromkeys(e for e, _, _ in mine)
+    groups = [pad_batch([(t, m) for e, t, m in mine if e == env], pad_id, longest[env]) for env in envs]
+    total = 0.0
+    for x, y in groups:
+        out = model(x)
+        loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum") / n_targets
+        (loss if out.aux_loss is None else loss + out.aux_loss * len(x) / len(seqs)).backward()
+        total += loss.item()
+    return total
+
+
 def sft(model, envs: dict[str, Env], weights: Sequence[float], tok, steps: int, batch_size: int, lr: float,
         pool_size: int, seed: int, thinking: bool = True, log=print, first_step: int = 0,
-        thinking_off: float = 0.0, thinking_cut: float = 0.0,
-        world: distributed.World = distributed.ALONE) -> list[float]:
+        thinking_off: float = 0.0, thinking_cut: float = 0.0, warmup_steps: int = 0,
+        min_lr_ratio: float = 1.0, world: distributed.World = distributed.ALONE) -> list[float]:
     """``steps`` AdamW steps of cross-entropy on demonstrations (batches ``first_step`` onwards), a
-    ``thinking_off`` / ``thinking_cut`` share of them budget-control ones; returns the losses. Under
-    torchrun each rank trains on its block of each batch's rows and the gradients are summed: the update
-    of one process (the loss is a mean over the whole batch's target tokens)."""
+    ``thinking_off`` / ``thinking_cut`` share of them budget-control ones; returns the losses. The learning
+    rate warms up over ``warmup_steps`` and decays (cosine) to ``min_lr_ratio`` of ``lr`` by the last step.
+    Under torchrun each rank trains on its block of each batch's rows and the gradients are summed: the
+    update of one process (the loss is a mean over the whole batch's target tokens)."""
     opt = torch.optim.AdamW(model.param_groups(0.0), lr=lr, betas=(0.9, 0.95))
     model.train()
     losses = []
     rows = distributed.block(batch_size, world)
     for step in range(first_step, first_step + steps):
-        x, y = sft_batch(envs, weights, tok, batch_size, pool_size, seed, step, thinking, thinking_off, thinking_cut)
-        x, y = x[rows.start:rows.stop], y[rows.start:rows.stop]
-        here = (y != IGNORE).sum()
-        share = here / distributed.total(here, world).clamp(min=1)  # every rank, even one without rows
-        loss = torch.zeros(())
-        if len(rows):  # this rank's share of the batch mean: its mean times its share of the tokens
-            out = model(x)
-            loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE) * share
-            aux = None if out.aux_loss is None else out.aux_loss * (len(rows) / batch_size)  # a mean over rows
-            (loss if aux is None else loss + aux).backward()
+        done = step + 1 - first_step
+        for g in opt.param_groups:
+            g["lr"] = lr * lr_factor(done - 1, steps, warmup_steps, min_lr_ratio)
+        seqs = sft_sequences(envs, weights, tok, batch_size, pool_size, seed, step, thinking, thinking_off,
+                             thinking_cut)
+        loss = backward_demonstrations(model, seqs, tok.pad_id, rows if world.distributed else None)
         distributed.sum_gradients(model, world)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         distributed.all_reduce_many([moe.expert_load for moe in model.moe_layers()], world)
         model.update_moe_bias()
-        loss = distributed.total(loss.detach(), world)
-        losses.append(loss.item())
-        done = step + 1 - first_step
+        loss = float(distributed.total(torch.tensor(loss, dtype=torch.float64), world))
+        losses.append(loss)
         if done % max(1, steps // 10) == 0 or done == steps:
-            log(f"sft   {done:>5}/{steps}  loss {loss.item():.4f}")
+            log(f"sft   {done:>5}/{steps}  loss {loss:.4f}")
     return losses

@@ -119,6 +119,13 @@ class SFTOptions:
     """Share of demonstrations with the reasoning removed (thinking off), as train-lm's data.thinking_off."""
     thinking_cut: float = 0.0
     """Share of demonstrations whose trace is cut at a random point and closed with </think>, answer kept."""
+    env_weights: tuple[float, ...] = ()
+    """Share of the demonstrations per environment (empty: the RL's env_weights); weigh up the environments
+    the model is new to (a calculator call is a long exact copy) and down those it already solves."""
+    warmup_steps: int = 0
+    """Linear warmup of the learning rate (a fresh AdamW's first full-size steps can undo the model's SFT)."""
+    min_lr_ratio: float = 1.0
+    """Cosine decay to this share of lr by the last step (1: constant after the warmup)."""
 
 
 @dataclass
@@ -254,6 +261,13 @@ class PostTrainConfig:
         self.objective.validate()
         self.budget.validate(self.rollout.thinking)
         check_budget_shares(self.sft.thinking_off, self.sft.thinking_cut)
+        w = self.sft.env_weights
+        if w and (len(w) != len(self.envs) or min(w) < 0 or sum(w) <= 0):
+            raise ValueError(f"sft.env_weights={w} needs one non-negative weight per environment "
+                             f"({len(self.envs)}: {', '.join(self.envs)}) with a positive sum")
+        if self.sft.warmup_steps < 0 or not 0.0 <= self.sft.min_lr_ratio <= 1.0:
+            raise ValueError(f"sft.warmup_steps={self.sft.warmup_steps} must be >= 0 and sft.min_lr_ratio="
+                             f"{self.sft.min_lr_ratio} in [0, 1]")
 
 
 class Curriculum:
@@ -539,9 +553,10 @@ def _train(cfg: PostTrainConfig, resume: str | None, log, world: distributed.Wor
                 f"it (raise them)")
     if start == 0 and cfg.sft.steps > 0:
         demo_envs = dict(zip(cfg.envs, pool.take(list(cfg.envs))))
-        losses = sft(model, demo_envs, cfg.env_weights or (1.0,) * len(cfg.envs), tok, cfg.sft.steps,
-                     cfg.sft.batch_size, cfg.sft.lr, cfg.curriculum.pool_size, cfg.run.seed, cfg.rollout.thinking, log,
-                     thinking_off=cfg.sft.thinking_off, thinking_cut=cfg.sft.thinking_cut, world=world)
+        losses = sft(model, demo_envs, cfg.sft.env_weights or cfg.env_weights or (1.0,) * len(cfg.envs), tok,
+                     cfg.sft.steps, cfg.sft.batch_size, cfg.sft.lr, cfg.curriculum.pool_size, cfg.run.seed,
+                     cfg.rollout.thinking, log, thinking_off=cfg.sft.thinking_off, thinking_cut=cfg.sft.thinking_cut,
+                     warmup_steps=cfg.sft.warmup_steps, min_lr_ratio=cfg.sft.min_lr_ratio, world=world)
         if world.main:
             run.log(0, {"sft/loss_first": losses[0], "sft/loss_last": losses[-1]})
         if ref is not None:  # the KL holds the policy near where RL starts: after the SFT stage

@@ -38,7 +38,8 @@ class JSONEnv(SingleTurnEnv):
         else:
             xs = [rng.randrange(100) for _ in range(rng.randint(3, 6))]
             want, text = sorted(xs), "Sort: " + " ".join(map(str, xs))
-        return f"{text} Answer with JSON matching the schema {json.dumps(self.schema)}", want
+        # The schema first, the content last: right before the answer, where a small model reads it best.
+        return f"Answer with JSON matching the schema {json.dumps(self.schema)}. {text}", want
 
     def solution(self, problem: Any) -> tuple[str, str]:
         return "", json.dumps(problem)
