@@ -76,8 +76,10 @@ def write(a, seeds: list[dict]) -> list[str]:
                         for k in range(len(FRACTIONS))] for e in curve_envs} for arm in arms}
     natural = {arm: {e: sum(r[arm]["budget_curve"]["envs"][e]["natural_tokens"] for r in seeds) / len(seeds)
                      for e in curve_envs} for arm in arms}
-    result = {"label": f"TINY run on 2 shared CPU cores: model {a.model}, {a.sft_steps} SFT steps (thinking off "
-                       f"{a.thinking_off:.0%}, cut {a.thinking_cut:.0%}), {a.rl_steps} RL steps of {a.prompts} "
+    result = {"label": f"TINY run on 2 shared CPU cores: model {a.model}, {a.sft_steps} SFT steps (lr {a.sft_lr:g}, "
+                       f"warmup {a.sft_warmup}, final lr x{a.sft_min_lr_ratio:g}, env weights "
+                       f"{a.sft_env_weights or 'equal'}, thinking off {a.thinking_off:.0%}, cut "
+                       f"{a.thinking_cut:.0%}), RL lr {a.rl_lr:g}, {a.rl_steps} RL steps of {a.prompts} "
                        f"prompts x {a.samples} samples ({a.budget_prob:.0%} of groups under a sampled budget), "
                        f"{a.eval_problems} held-out problems per environment, {len(seeds)} of {a.seeds} seed(s) done; "
                        f"far below the issue's goals' scale",
@@ -142,6 +144,12 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=200)
     ap.add_argument("--sft-batch", type=int, default=8)
     ap.add_argument("--sft-lr", type=float, default=3e-3)
+    ap.add_argument("--sft-env-weights", type=float, nargs="+", default=None,
+                    help="share of the demonstrations per environment, in --envs order (default: equal)")
+    ap.add_argument("--sft-warmup", type=int, default=0, help="SFT warmup steps (then cosine decay)")
+    ap.add_argument("--sft-min-lr-ratio", type=float, default=1.0,
+                    help="SFT lr at the end as a share of --sft-lr (1: constant after the warmup); SFT continued "
+                         "trains on at this final lr")
     ap.add_argument("--rl-steps", type=int, default=8)
     ap.add_argument("--rl-lr", type=float, default=1e-4)
     ap.add_argument("--prompts", type=int, default=4)
@@ -155,6 +163,9 @@ def main() -> None:
     ap.add_argument("--budget-prob", type=float, default=0.5, help="share of RL groups under a sampled budget")
     ap.add_argument("--out", default=str(ROOT / "results" / "posttrain.json"))
     a = ap.parse_args()
+    weights = tuple(a.sft_env_weights or (1.0,) * len(a.envs))
+    if len(weights) != len(a.envs):
+        ap.error(f"--sft-env-weights has {len(weights)} values for {len(a.envs)} environments (--envs)")
     torch.set_num_threads(a.threads)
     tok, out_dir = ByteTokenizer(), ROOT / "runs" / "posttrain-exp"
     seeds: list[dict] = []
@@ -164,8 +175,9 @@ def main() -> None:
         pool = pt.EnvPool()
         demo_envs = dict(zip(a.envs, pool.take(list(a.envs))))
         t = time.time()
-        sft_losses = sft(model, demo_envs, (1.0,) * len(a.envs), tok, a.sft_steps, a.sft_batch, a.sft_lr, 512, seed,
-                         thinking_off=a.thinking_off, thinking_cut=a.thinking_cut)
+        sft_losses = sft(model, demo_envs, weights, tok, a.sft_steps, a.sft_batch, a.sft_lr, 512, seed,
+                         thinking_off=a.thinking_off, thinking_cut=a.thinking_cut, warmup_steps=a.sft_warmup,
+                         min_lr_ratio=a.sft_min_lr_ratio)
         sft_time = time.time() - t
         sft_dir = out_dir / f"sft-s{seed}"
         model.save_pretrained(sft_dir)
@@ -196,7 +208,7 @@ def main() -> None:
         model = HybridLM.from_pretrained(sft_dir)
         t, done, chunk = time.time(), 0, 10
         while time.time() - t < budget:
-            sft(model, demo_envs, (1.0,) * len(a.envs), tok, chunk, a.sft_batch, a.sft_lr, 512, seed,
+            sft(model, demo_envs, weights, tok, chunk, a.sft_batch, a.sft_lr * a.sft_min_lr_ratio, 512, seed,
                 log=lambda s: None, first_step=a.sft_steps + done, thinking_off=a.thinking_off,
                 thinking_cut=a.thinking_cut)
             done += chunk
