@@ -24,15 +24,15 @@ from chimera.envs.subproc import RestartingWorkers
 from chimera.envs.vector import InProcessVectorEnv
 
 
-def require_ray():
-    """The ray module, or an error that says how to install it."""
+def require_ray(feature: str = "the ray vector backend", instead: str = "--vector subprocess / inprocess"):
+    """The ray module, or an error that says how to install it (or what to use ``instead``)."""
     from chimera.config import ConfigError
 
     try:
         import ray
     except ImportError:
-        raise ConfigError("the ray vector backend needs Ray, which is not installed: pip install -e '.[dist]' "
-                           "(or use --vector subprocess / inprocess)") from None
+        raise ConfigError(f"{feature} needs Ray, which is not installed: pip install -e '.[dist]' "
+                          f"(or use {instead})") from None
     return ray
 
 

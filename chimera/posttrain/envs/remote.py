@@ -30,14 +30,9 @@ from chimera.posttrain.envs.base import Env
 
 def require_ray():
     """The ray module, or an error that says how to install it."""
-    from chimera.config import ConfigError
+    from chimera.envs.ray_vector import require_ray as require
 
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("envs_backend=ray needs Ray, which is not installed: pip install -e '.[dist]' "
-                          "(or use --envs-backend inprocess)") from None
-    return ray
+    return require("envs_backend=ray", "--envs-backend inprocess")
 
 
 class EnvHost:
