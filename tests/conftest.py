@@ -21,6 +21,19 @@ def _seed():
     yield
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with 2 CPUs for one test module (``pytestmark = pytest.mark.usefixtures("local_ray")``)."""
+    import ray
+
+    from chimera.envs.ray_vector import connect
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    connect("", num_cpus=2)
+    yield
+    ray.shutdown()
+
+
 def _fail_missing_module(report) -> None:
     """In CI, turn a skip for a module that could not be imported into a failure that says so."""
     if IN_CI and report.skipped and "could not import" in str(report.longrepr):

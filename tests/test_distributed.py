@@ -34,17 +34,21 @@ def _torchrun(args: list[str], out: Path, command: tuple[str, ...] = ("train-lm"
     return run
 
 
-def _single(args: list[str], resume: str | None = None) -> Path:
+def _in_process(config_cls, train_fn, prog: str, args: list[str], resume: str | None = None) -> Path:
     """The same command in this process (one process: no torch.distributed)."""
     from chimera.config import parse_cli
 
     threads = torch.get_num_threads()
     try:
-        cfg, flags = parse_cli(TrainLMConfig, ["--resume", resume, *args] if resume else args, prog="train-lm",
+        cfg, flags = parse_cli(config_cls, ["--resume", resume, *args] if resume else args, prog=prog,
                                description="", preset_flags=("--resume",))
-        return train(cfg, resume=flags.get("--resume"), log=lambda *a: None).path
+        return train_fn(cfg, resume=flags.get("--resume"), log=lambda *a: None).path
     finally:
         torch.set_num_threads(threads)
+
+
+def _single(args: list[str], resume: str | None = None) -> Path:
+    return _in_process(TrainLMConfig, train, "train-lm", args, resume)
 
 
 def _rows(run: Path, key: str) -> dict[int, float]:
@@ -180,17 +184,10 @@ TIMING = ("time", "charts/rollout_tokens_per_sec", "charts/trainer_tokens_per_se
 
 
 def _post_train_single(args: list[str], resume: str | None = None) -> Path:
-    from chimera.config import parse_cli
     from chimera.posttrain.train import PostTrainConfig
     from chimera.posttrain.train import train as post_train
 
-    threads = torch.get_num_threads()
-    try:
-        cfg, flags = parse_cli(PostTrainConfig, ["--resume", resume, *args] if resume else args, prog="post-train",
-                               description="", preset_flags=("--resume",))
-        return post_train(cfg, resume=flags.get("--resume"), log=lambda *a: None).path
-    finally:
-        torch.set_num_threads(threads)
+    return _in_process(PostTrainConfig, post_train, "post-train", args, resume)
 
 
 def _metric_rows(run: Path) -> list[dict]:

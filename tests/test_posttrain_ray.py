@@ -14,7 +14,6 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("minihack")
 
 import chimera.posttrain.train as pt  # noqa: E402
-from chimera.envs.ray_vector import connect  # noqa: E402
 from chimera.models import HybridLM, get_config  # noqa: E402
 from chimera.posttrain.envs import call_all, make  # noqa: E402
 from chimera.posttrain.envs.game import GameEnv  # noqa: E402
@@ -24,12 +23,7 @@ from chimera.tokenizer import ByteTokenizer  # noqa: E402
 ORIGINAL_BUILD = pt.build_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    connect("", num_cpus=2)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 def _script(env, seed, held_out, turns):

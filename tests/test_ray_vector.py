@@ -13,17 +13,12 @@ from chimera.envs import InProcessVectorEnv, make
 
 ray = pytest.importorskip("ray")
 
-from chimera.envs.ray_vector import RayVectorEnv, connect, require_ray  # noqa: E402
+from chimera.envs.ray_vector import RayVectorEnv, require_ray  # noqa: E402
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # actors cannot import this test module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    connect("", num_cpus=2)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py
 
 
 def _rollout(venv, steps, seed=0):
