@@ -87,6 +87,36 @@ def test_ddp_in_two_processes_logs_the_losses_and_writes_the_model_of_one(one_pr
     _check_matches(_torchrun([*FLAGS, "--parallel", "ddp"], tmp_path), one_process)
 
 
+def _two_nodes(args: list[str], out: Path) -> Path:
+    """Run train-lm as two torchrun agents on this host, as on two nodes: --nnodes 2, one process each,
+    meeting at a c10d rendezvous on a free local port (the launch docs/SCALING.md gives for real nodes)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(r),
+                                "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                                f"127.0.0.1:{port}", "--rdzv-id", "chimera-test", "-m", "chimera", "train-lm", *args,
+                                "--run.out-dir", str(out / f"node{r}")],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+              for r in (0, 1)]
+    try:
+        logs = [a.communicate(timeout=300)[0] for a in agents]
+    finally:
+        for a in agents:
+            a.kill()
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    assert not (out / "node1").exists() or not any((out / "node1").iterdir())  # only rank 0 writes a run
+    (run,) = [p for p in (out / "node0").iterdir() if (p / "config.json").exists()]
+    return run
+
+
+def test_two_nodes_by_c10d_rendezvous_log_the_losses_and_write_the_model_of_one(one_process, tmp_path):
+    _check_matches(_two_nodes([*FLAGS, "--parallel", "ddp"], tmp_path), one_process)
+
+
 def test_fsdp2_in_two_processes_logs_the_losses_and_writes_the_model_of_one(one_process, fsdp_run):
     _check_matches(fsdp_run, one_process)
 
